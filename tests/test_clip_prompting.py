@@ -1,0 +1,124 @@
+"""The shared prompt-aware CLIP forward, CLIP loading, and class prompts."""
+import pytest
+import torch
+
+from trainers.clip_prompting import (ClassPrompts, ImageEncoder, TextEncoder, deep_prompt_hook,
+                                     init_context, load_clip, tiny_clip, tokenize)
+from trainers.clip_prompting.loading import ClipWeightsNotFound, resolve_weights
+
+CLASSNAMES = ["dog", "golden_retriever", "sea lion", "airliner"]
+
+
+def both_paths(encoder, fn):
+    encoder.fast = True
+    fast = fn()
+    encoder.fast = False
+    reference = fn()
+    encoder.fast = True
+    return fast, reference
+
+
+def test_text_encoder_without_prompts_equals_stock_clip(tiny_clip_model):
+    ids = tokenize([f"a photo of a {c}." for c in CLASSNAMES] + ["x " * 40])
+    with torch.no_grad():
+        stock = tiny_clip_model.encode_text(ids)
+        encoder = TextEncoder(tiny_clip_model)
+        fast, reference = both_paths(encoder, lambda: encoder.encode_ids(ids))
+    assert stock.shape == (5, 64)
+    assert (fast - stock).abs().max() < 1e-5
+    assert (reference - stock).abs().max() < 1e-5
+
+
+def test_image_encoder_without_prompts_equals_stock_clip(tiny_clip_model):
+    images = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        stock = tiny_clip_model.encode_image(images)
+        encoder = ImageEncoder(tiny_clip_model)
+        fast, reference = both_paths(encoder, lambda: encoder(images))
+    assert stock.shape == (3, 64)
+    assert (fast - stock).abs().max() < 1e-5
+    assert (reference - stock).abs().max() < 1e-5
+
+
+def test_truncated_text_path_is_exact_with_deep_prompts(tiny_clip_model):
+    torch.manual_seed(0)
+    encoder = TextEncoder(tiny_clip_model)
+    classes = ClassPrompts(encoder, CLASSNAMES, "X X X X", 4)
+    ctx = torch.randn(4, 64)
+    deep = torch.randn(11, 4, 64)
+    hook = deep_prompt_hook(deep, start=1)
+    with torch.no_grad():
+        fast, reference = both_paths(
+            encoder, lambda: encoder(classes.assemble(ctx), classes.eot_index, hook=hook))
+    assert int(classes.eot_index.max()) < 20  # the fast path really ran on a short sequence
+    assert (fast - reference).abs().max() < 1e-5
+
+
+def test_visual_prompts_are_appended_and_replaced(tiny_clip_model):
+    torch.manual_seed(0)
+    encoder = ImageEncoder(tiny_clip_model)
+    images = torch.randn(2, 3, 224, 224)
+    shallow, deep = torch.randn(4, 64), torch.randn(11, 4, 64)
+    seen = []
+
+    def spy(index, x):
+        seen.append(x.shape[1])
+        return deep_prompt_hook(deep, start=-4)(index, x)
+
+    with torch.no_grad():
+        fast, reference = both_paths(encoder, lambda: encoder(images, shallow, spy))
+        plain = encoder(images)
+    assert seen[:12] == [1 + 49 + 4] * 12  # CLS + 7x7 patches + 4 prompts, every block
+    assert (fast - reference).abs().max() < 1e-5
+    assert (fast - plain).abs().max() > 1e-4  # the prompts do act through attention
+
+
+def test_word_initialised_context_reproduces_the_plain_prompt(tiny_clip_model):
+    encoder = TextEncoder(tiny_clip_model)
+    ctx, prefix = init_context(encoder, 4, "a photo of a")
+    assert prefix == "a photo of a"
+    classes = ClassPrompts(encoder, CLASSNAMES, prefix, 4)
+    with torch.no_grad():
+        learned = encoder(classes.assemble(ctx), classes.eot_index)
+        plain = tiny_clip_model.encode_text(tokenize([f"a photo of a {c.replace('_', ' ')}." for c in CLASSNAMES]))
+    assert (learned - plain).abs().max() < 1e-5
+
+
+def test_short_init_phrase_keeps_the_whole_template(tiny_clip_model):
+    encoder = TextEncoder(tiny_clip_model)
+    ctx, prefix = init_context(encoder, 2, "a photo of a")
+    assert prefix == "a photo of a" and ctx.shape == (2, 64)
+    with pytest.warns(UserWarning, match="initialised randomly"):
+        ctx, prefix = init_context(encoder, 6, "a photo of a")
+    assert prefix == "X X X X X X" and abs(float(ctx.std()) - 0.02) < 0.01
+
+
+def test_loading_state_dict_and_jit_archive_is_exact_fp32(tiny_clip_path, tmp_path):
+    model = load_clip("ViT-B/16", tiny_clip_path)
+    reference = torch.load(tiny_clip_path, weights_only=True)
+    assert model.visual.conv1.weight.dtype == torch.float32
+    assert torch.equal(model.token_embedding.weight, reference["token_embedding.weight"])
+
+    small = tiny_clip(image_resolution=32, layers=2, patch_size=8)
+    archive = tmp_path / "small_jit.pt"
+    traced = torch.jit.trace(small, (torch.randn(1, 3, 32, 32), tokenize(["a dog"])), check_trace=False)
+    traced.save(str(archive))
+    loaded = load_clip("ViT-B/16", str(archive))
+    assert torch.equal(loaded.visual.proj, small.visual.proj)
+    assert loaded.visual.input_resolution == 32
+
+
+def test_missing_weights_give_one_clear_message(tmp_path, monkeypatch):
+    with pytest.raises(ClipWeightsNotFound, match="MODEL.BACKBONE.PATH"):
+        resolve_weights("ViT-B/16", str(tmp_path / "nowhere.pt"))
+    monkeypatch.setattr("trainers.clip_prompting.loading.CLIP_CACHE_DIR", str(tmp_path))
+
+    def offline(url, root):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr("clip.clip._download", offline)
+    with pytest.raises(ClipWeightsNotFound) as info:
+        resolve_weights("ViT-B/16")
+    message = str(info.value)
+    assert "ViT-B-16.pt" in message and "MODEL.BACKBONE.PATH" in message and "offline" in message
+    with pytest.raises(ValueError, match="Unknown CLIP backbone"):
+        resolve_weights("ViT-X/99")

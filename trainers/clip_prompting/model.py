@@ -1,0 +1,52 @@
+"""Base module of a prompt-tuned CLIP: frozen encoders + a method's learnable prompts."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .encoders import ImageEncoder, TextEncoder
+
+
+class PromptedCLIP(nn.Module):
+    """CLIP with method-specific prompts.
+
+    A method implements ``prompts()`` (whatever its encoders need, computed once per
+    forward from its parameters), ``encode_text(prompts)`` -> (C, E) and
+    ``encode_image(images, prompts)`` -> (B, E). The logits are CLIP's scaled cosine
+    similarities. When the text side does not depend on the image
+    (``text_depends_on_image = False``), evaluation computes text features once and
+    passes them in.
+    """
+
+    text_depends_on_image = False
+    class_dependent_buffers = ("token_prefix", "token_suffix", "tokenized_prompts")
+
+    def __init__(self, clip_model):
+        super().__init__()
+        self.text_encoder = TextEncoder(clip_model)
+        self.image_encoder = ImageEncoder(clip_model)
+        self.register_buffer("logit_scale", clip_model.logit_scale.detach().float().exp(), persistent=False)
+        for p in clip_model.parameters():
+            p.requires_grad_(False)
+
+    def prompts(self):
+        return None
+
+    def encode_text(self, prompts):
+        raise NotImplementedError
+
+    def encode_image(self, images, prompts):
+        return self.image_encoder(images)
+
+    def text_features(self):
+        """Normalised class text features (C, E)."""
+        return F.normalize(self.encode_text(self.prompts()).float(), dim=-1)
+
+    def forward(self, images, text_features=None):
+        prompts = self.prompts()
+        image_features = F.normalize(self.encode_image(images, prompts).float(), dim=-1)
+        if text_features is None:
+            text_features = F.normalize(self.encode_text(prompts).float(), dim=-1)
+        return self.logit_scale * image_features @ text_features.t()
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]

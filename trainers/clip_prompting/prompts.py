@@ -1,0 +1,70 @@
+"""Class prompt text, its token buffers, and word initialisation of learnable context."""
+import warnings
+
+import torch
+import torch.nn as nn
+
+from .loading import tokenize
+
+
+def clean_classname(name):
+    return name.replace("_", " ")
+
+
+def count_bpe_tokens(text):
+    """Number of BPE tokens of ``text`` (without SOS/EOT)."""
+    return int(tokenize([text]).argmax(dim=-1)) - 1
+
+
+def init_context(text_encoder, n_ctx, ctx_init="", std=0.02, owner="TRAINER"):
+    """Learnable context vectors and the prompt prefix text they stand for.
+
+    Word initialisation when ``ctx_init`` has at least ``n_ctx`` BPE tokens: the vectors are
+    the embeddings of its first ``n_ctx`` tokens and the prompt text keeps the whole
+    template (so with n = 2, "of a" stays as frozen tokens). Otherwise N(0, std) with the
+    placeholder prefix "X X ... X".
+    """
+    ctx_init = ctx_init.replace("_", " ").strip()
+    if ctx_init and n_ctx <= count_bpe_tokens(ctx_init):
+        ids = tokenize([ctx_init])
+        ctx = text_encoder.embed(ids)[0, 1:1 + n_ctx].float().clone()
+        return ctx, ctx_init
+    if ctx_init:
+        warnings.warn(f'{owner}.CTX_INIT "{ctx_init}" has {count_bpe_tokens(ctx_init)} tokens, fewer than '
+                      f"N_CTX={n_ctx}; the context is initialised randomly instead.")
+    ctx = torch.empty(n_ctx, text_encoder.width)
+    nn.init.normal_(ctx, std=std)
+    return ctx, " ".join(["X"] * n_ctx)
+
+
+class ClassPrompts(nn.Module):
+    """Token buffers of ``"{prefix} {classname}."`` for every class.
+
+    ``n_ctx`` learnable rows follow SOS. ``token_prefix`` (C, 1, D) is SOS;
+    ``token_suffix`` (C, 77-1-n, D) holds the class tokens, ".", EOT and padding.
+    They depend on the class set, so checkpoints leave them out and they are rebuilt
+    for the classes being evaluated.
+    """
+
+    def __init__(self, text_encoder, classnames, prefix, n_ctx):
+        super().__init__()
+        names = [clean_classname(c) for c in classnames]
+        ids = tokenize([f"{prefix} {name}." for name in names])
+        embedding = text_encoder.embed(ids)
+        self.n_ctx = n_ctx
+        self.name_lens = [count_bpe_tokens(name) for name in names]
+        self.register_buffer("tokenized_prompts", ids, persistent=False)
+        self.register_buffer("token_prefix", embedding[:, :1], persistent=False)
+        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:], persistent=False)
+
+    @property
+    def eot_index(self):
+        return self.tokenized_prompts.argmax(dim=-1)
+
+    def assemble(self, ctx):
+        """Prompt embeddings (C, 77, D) with ``ctx`` (n, D), (C, n, D) in the context rows."""
+        num_classes = self.token_prefix.shape[0]
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(num_classes, -1, -1)
+        ctx = ctx.to(self.token_prefix.dtype)
+        return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)

@@ -1,0 +1,139 @@
+"""Shared trainer of every CLIP prompt-tuning method.
+
+A method subclass names its config node and checkpoint name and builds its
+``PromptedCLIP``; loading CLIP, precision, freezing, the optimiser, the training step
+and cached evaluation live here once.
+"""
+import contextlib
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from dassl.engine import TrainerX
+from dassl.metrics import compute_accuracy
+from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.utils import load_pretrained_weights
+
+from .loading import load_clip
+
+PRECISIONS = ("fp32", "fp16", "amp")
+
+
+class PromptTuningTrainer(TrainerX):
+    cfg_node = None          # e.g. "COOP": cfg.TRAINER.<cfg_node> holds the method's keys
+    model_name = "prompt_learner"  # registered name = checkpoint folder
+    learnable_attr = None    # registered sub-module of self.model; None = the whole model
+
+    # -- configuration -------------------------------------------------------------------
+    @property
+    def method_cfg(self):
+        return getattr(self.cfg.TRAINER, self.cfg_node)
+
+    def check_cfg(self, cfg):
+        prec = getattr(cfg.TRAINER, self.cfg_node).PREC
+        if prec not in PRECISIONS:
+            raise ValueError(f'TRAINER.{self.cfg_node}.PREC is "{prec}"; use one of {", ".join(PRECISIONS)}.')
+
+    @property
+    def precision(self):
+        prec = self.method_cfg.PREC
+        if prec == "fp16" and self.device.type != "cuda":
+            return "fp32"  # half-precision CLIP is a GPU mode; on CPU it is slow and inexact
+        return prec
+
+    # -- model -----------------------------------------------------------------------------
+    def build_custom_clip(self, cfg, classnames, clip_model):
+        raise NotImplementedError
+
+    def learnable_module(self):
+        return getattr(self.model, self.learnable_attr) if self.learnable_attr else self.model
+
+    def load_frozen_clip(self):
+        cfg = self.cfg
+        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)
+        if self.method_cfg.PREC == "fp16" and self.precision == "fp32":
+            print(f"TRAINER.{self.cfg_node}.PREC fp16 needs a GPU; running in fp32 on {self.device.type}")
+        if self.precision == "fp16":
+            clip_model.half()  # learnable tensors stay fp32; a GradScaler guards the step
+        self.check_input_size(clip_model)
+        self.scaler = None
+        self._text_feature_cache = None
+        return clip_model
+
+    def build_model(self):
+        cfg = self.cfg
+        classnames = self.dm.dataset.classnames
+        clip_model = self.load_frozen_clip()
+        print("Building custom CLIP")
+        self.model = self.build_custom_clip(cfg, classnames, clip_model)
+        print("Turning off gradients in both the image and the text encoder")
+        module = self.learnable_module()
+        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        print(f"Parameters to be updated: {sorted(n for n, _ in trainable)}")
+        print(f"# trainable params: {sum(p.numel() for _, p in trainable):,}")
+        if cfg.MODEL.INIT_WEIGHTS:
+            load_pretrained_weights(module, cfg.MODEL.INIT_WEIGHTS)
+
+        self.model.to(self.device)
+        self.optim = build_optimizer([p for _, p in trainable], cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model(self.model_name, module, self.optim, self.sched)
+        use_scaler = self.precision == "fp16" or (self.precision == "amp" and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    def check_input_size(self, clip_model):
+        size = self.cfg.INPUT.SIZE
+        clip_size = clip_model.visual.input_resolution
+        if size[0] != clip_size or size[1] != clip_size:
+            raise ValueError(f"INPUT.SIZE is {tuple(size)} but the CLIP backbone takes {clip_size}x{clip_size} "
+                             f"images; set INPUT.SIZE ({clip_size}, {clip_size}).")
+
+    def autocast(self):
+        if self.precision != "amp":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # -- training --------------------------------------------------------------------------
+    def parse_batch_train(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def compute_loss(self, image, label):
+        logits = self.model(image)
+        return F.cross_entropy(logits.float(), label), logits
+
+    def forward_backward(self, batch):
+        image, label = self.parse_batch_train(batch)
+        with self.autocast():
+            loss, logits = self.compute_loss(image, label)
+        if self.scaler is None:
+            self.model_backward_and_update(loss)
+        else:
+            self.detect_anomaly(loss)
+            self.model_zero_grad()
+            self.scaler.scale(loss).backward()
+            for name in self.get_model_names():
+                self.scaler.step(self._optims[name])
+            self.scaler.update()
+        summary = {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def test(self, split=None):
+        self._text_feature_cache = None  # prompts may have changed since the last evaluation
+        return super().test(split)
+
+    def model_inference(self, image):
+        with self.autocast():
+            if self.model.text_depends_on_image or not self.cache_text_features:
+                return self.model(image)
+            if self._text_feature_cache is None:
+                self._text_feature_cache = self.model.text_features()
+            return self.model(image, text_features=self._text_feature_cache)
+
+    cache_text_features = True  # benchmark switch: False recomputes text features per batch

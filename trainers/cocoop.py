@@ -1,0 +1,79 @@
+"""CoCoOp: context conditioned on each image by a small meta-net (Zhou et al., CVPR 2022).
+
+Every image shifts the context by meta_net(f_image), so each image has its own C class
+prompts. The original encodes them one image at a time; here all B x C prompts of a
+batch go through the text encoder in one call (``fast``), which computes the same logits.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dassl.engine import TRAINER_REGISTRY
+
+from .clip_prompting import ClassPrompts, PromptedCLIP, PromptTuningTrainer, init_context
+
+
+def extend_cfg(cfg):
+    from yacs.config import CfgNode as CN
+    cfg.TRAINER.COCOOP = CN()
+    cfg.TRAINER.COCOOP.N_CTX = 16
+    cfg.TRAINER.COCOOP.CTX_INIT = ""
+    cfg.TRAINER.COCOOP.PREC = "fp16"
+
+
+class CoCoOpPromptLearner(nn.Module):
+    def __init__(self, cfg, classnames, text_encoder, embed_dim):
+        super().__init__()
+        c = cfg.TRAINER.COCOOP
+        ctx, prefix = init_context(text_encoder, c.N_CTX, c.CTX_INIT, owner="TRAINER.COCOOP")
+        print(f'Initial context: "{prefix}"')
+        print(f"Number of context words (tokens): {c.N_CTX}")
+        self.ctx = nn.Parameter(ctx)
+        self.meta_net = nn.Sequential(
+            nn.Linear(embed_dim, embed_dim // 16), nn.ReLU(inplace=True),
+            nn.Linear(embed_dim // 16, text_encoder.width))
+        self.classes = ClassPrompts(text_encoder, classnames, prefix, c.N_CTX)
+
+    def forward(self, image_features):
+        """Per-image contexts (B, n, D): ctx shifted by the meta-net's bias for each image."""
+        bias = self.meta_net(image_features.to(self.ctx.dtype))
+        return self.ctx.unsqueeze(0) + bias.unsqueeze(1)
+
+
+class CoCoOpCLIP(PromptedCLIP):
+    text_depends_on_image = True
+
+    def __init__(self, cfg, classnames, clip_model):
+        super().__init__(clip_model)
+        self.prompt_learner = CoCoOpPromptLearner(cfg, classnames, self.text_encoder, clip_model.text_projection.shape[1])
+        self.fast = True  # one text-encoder call for the whole batch
+
+    def class_text_features(self, ctx):
+        """Normalised text features (B, C, E) for per-image contexts ctx (B, n, D)."""
+        classes = self.prompt_learner.classes
+        num_images, num_classes = ctx.shape[0], classes.token_prefix.shape[0]
+        if not self.fast:
+            return torch.stack([F.normalize(self.text_encoder(classes.assemble(c), classes.eot_index).float(), dim=-1)
+                                for c in ctx])
+        prompts = torch.cat([
+            classes.token_prefix.unsqueeze(0).expand(num_images, -1, -1, -1),
+            ctx.to(classes.token_prefix.dtype).unsqueeze(1).expand(-1, num_classes, -1, -1),
+            classes.token_suffix.unsqueeze(0).expand(num_images, -1, -1, -1),
+        ], dim=2).flatten(0, 1)
+        features = self.text_encoder(prompts, classes.eot_index.repeat(num_images))
+        return F.normalize(features.float(), dim=-1).view(num_images, num_classes, -1)
+
+    def forward(self, images, text_features=None):
+        image_features = F.normalize(self.image_encoder(images).float(), dim=-1)
+        text = self.class_text_features(self.prompt_learner(image_features))
+        return self.logit_scale * torch.einsum("be,bce->bc", image_features, text)
+
+
+@TRAINER_REGISTRY.register()
+class CoCoOp(PromptTuningTrainer):
+    cfg_node = "COCOOP"
+    model_name = "prompt_learner"
+    learnable_attr = "prompt_learner"
+
+    def build_custom_clip(self, cfg, classnames, clip_model):
+        return CoCoOpCLIP(cfg, classnames, clip_model)

@@ -1,0 +1,198 @@
+"""MuDPT: Multi-modal Deep-symphysis Prompt Tuning (Miao et al., arXiv 2306.11400).
+
+Deep text prompts T (D x n x d_t) and deep visual prompts V (D x n x d_v). An Injection
+Model per direction, shared across layers, maps each modality's deep prompts to the
+other's width; the fused prompts T_hat = T + V' and V_hat = V + T' replace the prompt
+slots before blocks 1..D-1 (paper eq. 6-11). Layer 0 takes T_0 and V_0 unfused unless
+SHALLOW_FUSION reproduces the released code. CLIP stays frozen.
+
+Injection modes (TRAINER.MUDPT.INJECTION / INJECTION_NORM / SHALLOW_FUSION):
+- transformer / post / False: the paper's Fig. 4 block (default);
+- transformer / pre / True: the released UUMuDPT variant (pre-LN block + outer LayerNorms);
+- linear / - / True: the released HEAD MuDPT (one shared Linear per direction plus a
+  separate Linear feeding T_0 to V_0).
+"""
+import torch
+import torch.nn as nn
+
+from dassl.engine import TRAINER_REGISTRY
+
+from .clip_prompting import ClassPrompts, PromptedCLIP, PromptTuningTrainer, deep_prompt_hook, init_context
+from .clip_prompting.prompts import count_bpe_tokens
+
+INJECTIONS = ("transformer", "linear")
+NORMS = ("post", "pre")
+
+
+def extend_cfg(cfg):
+    from yacs.config import CfgNode as CN
+    cfg.TRAINER.MUDPT = CN()
+    cfg.TRAINER.MUDPT.N_CTX = 4
+    cfg.TRAINER.MUDPT.CTX_INIT = "a photo of a"
+    cfg.TRAINER.MUDPT.DEEP_PROMPT_DEPTH = 12
+    cfg.TRAINER.MUDPT.PREC = "fp32"
+    cfg.TRAINER.MUDPT.INJECTION = "transformer"
+    cfg.TRAINER.MUDPT.INJECTION_NORM = "post"
+    cfg.TRAINER.MUDPT.SHALLOW_FUSION = False
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class InjectionBlock(nn.Module):
+    """A Transformer encoder block over the n prompt tokens of each layer (layers = batch).
+
+    ``post``: x = LN(x + MHA(x)); x = LN(x + FFN(x))   (paper Fig. 4)
+    ``pre``:  x = x + MHA(LN x); x = x + FFN(LN x)     (released UUMuDPT)
+    """
+
+    def __init__(self, width, norm):
+        super().__init__()
+        self.norm = norm
+        self.attn = nn.MultiheadAttention(width, width // 64, batch_first=True)
+        self.ln_1 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), QuickGELU(), nn.Linear(4 * width, width))
+        self.ln_2 = nn.LayerNorm(width)
+
+    def forward(self, x):  # (layers, n, width)
+        if self.norm == "post":
+            x = self.ln_1(x + self.attn(x, x, x, need_weights=False)[0])
+            return self.ln_2(x + self.mlp(x))
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class Injection(nn.Module):
+    """Maps prompts (layers, n, d_in) of one modality to (layers, n, d_out) of the other."""
+
+    def __init__(self, d_in, d_out, mode, norm):
+        super().__init__()
+        self.block = InjectionBlock(d_in, norm) if mode == "transformer" else None
+        outer = mode == "transformer" and norm == "pre"  # UUMuDPT wraps its block in two LayerNorms
+        self.ln_pre = nn.LayerNorm(d_in) if outer else None
+        self.ln_post = nn.LayerNorm(d_in) if outer else None
+        self.proj = nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        if self.ln_pre is not None:
+            x = self.ln_pre(x)
+        if self.block is not None:
+            x = self.block(x)
+        if self.ln_post is not None:
+            x = self.ln_post(x)
+        return self.proj(x)
+
+
+def check_mudpt_cfg(c, text_layers, vision_layers):
+    def fail(msg):
+        raise ValueError(f"TRAINER.MUDPT: {msg}")
+    if c.INJECTION not in INJECTIONS:
+        fail(f'INJECTION is "{c.INJECTION}"; use one of {", ".join(INJECTIONS)}.')
+    if c.INJECTION_NORM not in NORMS:
+        fail(f'INJECTION_NORM is "{c.INJECTION_NORM}"; use one of {", ".join(NORMS)}.')
+    if c.N_CTX < 1:
+        fail(f"N_CTX is {c.N_CTX}; the prompt length must be at least 1.")
+    layers = min(text_layers, vision_layers)
+    if not 1 <= c.DEEP_PROMPT_DEPTH <= layers:
+        fail(f"DEEP_PROMPT_DEPTH is {c.DEEP_PROMPT_DEPTH}, but this CLIP has {layers} layers per encoder; "
+             f"use 1 <= DEEP_PROMPT_DEPTH <= {layers}.")
+    if c.CTX_INIT:
+        words = count_bpe_tokens(c.CTX_INIT.replace("_", " "))
+        if c.N_CTX > words:
+            fail(f'N_CTX is {c.N_CTX}, but CTX_INIT "{c.CTX_INIT}" has only {words} tokens to initialise the '
+                 f'text prompt from; set N_CTX <= {words}, or CTX_INIT "" for random initialisation.')
+
+
+class MultimodalPromptLearner(nn.Module):
+    """All learnable tensors of MuDPT: prompts of both modalities and the Injection Model."""
+
+    def __init__(self, cfg, classnames, text_encoder, image_encoder):
+        super().__init__()
+        c = cfg.TRAINER.MUDPT
+        if not image_encoder.is_vit:
+            raise ValueError("MuDPT inserts visual prompts and needs a ViT backbone "
+                             f"(MODEL.BACKBONE.NAME is {cfg.MODEL.BACKBONE.NAME}); use e.g. ViT-B/16.")
+        check_mudpt_cfg(c, text_encoder.num_layers, image_encoder.num_layers)
+        n, depth = c.N_CTX, c.DEEP_PROMPT_DEPTH
+        d_t, d_v = text_encoder.width, image_encoder.width
+        ctx, prefix = init_context(text_encoder, n, c.CTX_INIT, owner="TRAINER.MUDPT")
+        print(f'Initial context: "{prefix}"')
+        print(f"Number of context words (tokens): {n}")
+        print(f"Depth of deep prompt: {depth}")
+        print(f"Injection: {c.INJECTION} (norm {c.INJECTION_NORM}), shallow fusion: {c.SHALLOW_FUSION}")
+
+        self.n_ctx, self.depth, self.shallow_fusion = n, depth, c.SHALLOW_FUSION
+        self.text_ctx = nn.Parameter(ctx)                                   # T_0
+        self.text_deep = nn.Parameter(torch.empty(depth - 1, n, d_t))       # T_1..T_{D-1}
+        self.visual_ctx = nn.Parameter(torch.empty(n, d_v))                 # V_0
+        self.visual_deep = nn.Parameter(torch.empty(depth - 1, n, d_v))     # V_1..V_{D-1}
+        for p in (self.text_deep, self.visual_ctx, self.visual_deep):
+            nn.init.normal_(p, std=0.02)
+
+        self.inj_t2v = self.inj_v2t = self.shallow_t2v = None
+        if depth > 1:
+            self.inj_t2v = Injection(d_t, d_v, c.INJECTION, c.INJECTION_NORM)
+            self.inj_v2t = Injection(d_v, d_t, c.INJECTION, c.INJECTION_NORM)
+        if c.SHALLOW_FUSION:
+            if c.INJECTION == "linear":  # the released HEAD code feeds T_0 through its own Linear
+                self.shallow_t2v = nn.Linear(d_t, d_v)
+            elif self.inj_t2v is None:
+                self.inj_t2v = Injection(d_t, d_v, c.INJECTION, c.INJECTION_NORM)
+        self.classes = ClassPrompts(text_encoder, classnames, prefix, n)
+
+    def forward(self):
+        """Prompts for both encoders: shallow (n, d) and fused deep (D-1, n, d) of each modality."""
+        text_deep, visual_deep = self.text_deep, self.visual_deep
+        visual_shallow = self.visual_ctx
+        if self.depth > 1:
+            if self.shallow_fusion and self.shallow_t2v is None:
+                # released UUMuDPT: T_0 goes through the injection with the deep prompts
+                t2v = self.inj_t2v(torch.cat([self.text_ctx.unsqueeze(0), text_deep]))
+                visual_shallow = visual_shallow + t2v[0]
+                t2v = t2v[1:]
+            else:
+                t2v = self.inj_t2v(text_deep)
+            v2t = self.inj_v2t(visual_deep)
+            text_deep, visual_deep = text_deep + v2t, visual_deep + t2v
+        elif self.shallow_fusion and self.shallow_t2v is None:
+            visual_shallow = visual_shallow + self.inj_t2v(self.text_ctx.unsqueeze(0))[0]
+        if self.shallow_t2v is not None:
+            visual_shallow = visual_shallow + self.shallow_t2v(self.text_ctx)
+        return {"text": self.classes.assemble(self.text_ctx), "text_deep": text_deep,
+                "visual": visual_shallow, "visual_deep": visual_deep}
+
+
+class MuDPTCLIP(PromptedCLIP):
+    def __init__(self, cfg, classnames, clip_model):
+        super().__init__(clip_model)
+        self.prompt_learner = MultimodalPromptLearner(cfg, classnames, self.text_encoder, self.image_encoder)
+
+    def prompts(self):
+        return self.prompt_learner()
+
+    def encode_text(self, prompts):
+        hook = deep_prompt_hook(prompts["text_deep"], start=1)  # slots right after SOS
+        return self.text_encoder(prompts["text"], self.prompt_learner.classes.eot_index, hook=hook)
+
+    def encode_image(self, images, prompts):
+        hook = deep_prompt_hook(prompts["visual_deep"], start=-self.prompt_learner.n_ctx)  # last n tokens
+        return self.image_encoder(images, prompts["visual"], hook=hook)
+
+
+@TRAINER_REGISTRY.register()
+class MuDPT(PromptTuningTrainer):
+    cfg_node = "MUDPT"
+    model_name = "MultimodalDeepPromptTuning"  # the released checkpoint folder name
+    learnable_attr = "prompt_learner"
+
+    def check_cfg(self, cfg):
+        if cfg.TRAINER.MUDPT.PREC == "fp16":
+            raise ValueError('TRAINER.MUDPT.PREC "fp16" trains fp16 prompts and is NaN-prone; use "fp32" '
+                             '(default) or "amp" (mixed precision with fp32 parameters).')
+        super().check_cfg(cfg)
+
+    def build_custom_clip(self, cfg, classnames, clip_model):
+        return MuDPTCLIP(cfg, classnames, clip_model)

@@ -1,0 +1,82 @@
+"""Zero-shot CLIP with CoOp's hand-crafted per-dataset templates (training-free)."""
+import torch
+import torch.nn.functional as F
+
+from dassl.engine import TRAINER_REGISTRY
+
+from .clip_prompting import PromptedCLIP, PromptTuningTrainer, clean_classname, tokenize
+
+CUSTOM_TEMPLATES = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+}
+DEFAULT_TEMPLATE = "a photo of a {}."
+ENSEMBLE_TEMPLATES = (
+    "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+    "a {} in a video game.", "art of the {}.", "a photo of the small {}.",
+)
+
+
+def extend_cfg(cfg):
+    from yacs.config import CfgNode as CN
+    cfg.TRAINER.ZSCLIP = CN()
+    cfg.TRAINER.ZSCLIP.PREC = "fp32"
+
+
+class ZeroShotModel(PromptedCLIP):
+    """CLIP whose class text features are fixed: the average of the given templates."""
+
+    def __init__(self, clip_model, classnames, templates):
+        super().__init__(clip_model)
+        features = []
+        with torch.no_grad():
+            for template in templates:
+                prompts = [template.format(clean_classname(c)) for c in classnames]
+                print(f"Prompts: {prompts}")
+                ids = tokenize(prompts).to(self.text_encoder.token_embedding.weight.device)
+                features.append(F.normalize(self.text_encoder.encode_ids(ids).float(), dim=-1))
+        self.register_buffer("fixed_text_features", F.normalize(torch.stack(features).mean(0), dim=-1),
+                             persistent=False)
+
+    def text_features(self):
+        return self.fixed_text_features
+
+    def forward(self, images, text_features=None):
+        return super().forward(images, self.fixed_text_features if text_features is None else text_features)
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP(PromptTuningTrainer):
+    cfg_node = "ZSCLIP"
+    training_free = True
+
+    def templates(self):
+        return [CUSTOM_TEMPLATES.get(self.cfg.DATASET.NAME, DEFAULT_TEMPLATE)]
+
+    def build_model(self):
+        clip_model = self.load_frozen_clip()
+        self.model = ZeroShotModel(clip_model, self.dm.dataset.classnames, self.templates()).to(self.device)
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP2(ZeroshotCLIP):
+    """Prompt ensembling over seven generic templates (+ the dataset's own, except ImageNet)."""
+
+    def templates(self):
+        templates = list(ENSEMBLE_TEMPLATES)  # a copy: never grow the class-level tuple
+        if self.cfg.DATASET.NAME != "ImageNet":
+            templates.append(CUSTOM_TEMPLATES.get(self.cfg.DATASET.NAME, DEFAULT_TEMPLATE))
+        return templates
