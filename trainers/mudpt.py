@@ -25,7 +25,7 @@ NORMS = ("post", "pre")
 
 
 def extend_cfg(cfg):
-    from yacs.config import CfgNode as CN
+    from dassl.config import CfgNode as CN
     cfg.TRAINER.MUDPT = CN()
     cfg.TRAINER.MUDPT.N_CTX = 4
     cfg.TRAINER.MUDPT.CTX_INIT = "a photo of a"

@@ -31,7 +31,7 @@ ENSEMBLE_TEMPLATES = (
 
 
 def extend_cfg(cfg):
-    from yacs.config import CfgNode as CN
+    from dassl.config import CfgNode as CN
     cfg.TRAINER.ZSCLIP = CN()
     cfg.TRAINER.ZSCLIP.PREC = "fp32"
 

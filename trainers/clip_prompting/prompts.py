@@ -3,6 +3,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .loading import tokenize
 
@@ -68,3 +69,11 @@ class ClassPrompts(nn.Module):
             ctx = ctx.unsqueeze(0).expand(num_classes, -1, -1)
         ctx = ctx.to(self.token_prefix.dtype)
         return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+
+
+@torch.no_grad()
+def template_text_features(text_encoder, classnames, template):
+    """Frozen, L2-normalised fp32 text features (C, E) of ``template.format(classname)``."""
+    device = text_encoder.token_embedding.weight.device
+    ids = tokenize([template.format(clean_classname(c)) for c in classnames]).to(device)
+    return F.normalize(text_encoder.encode_ids(ids).float(), dim=-1)

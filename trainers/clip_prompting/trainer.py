@@ -77,11 +77,19 @@ class PromptTuningTrainer(TrainerX):
             load_pretrained_weights(module, cfg.MODEL.INIT_WEIGHTS)
 
         self.model.to(self.device)
-        self.optim = build_optimizer([p for _, p in trainable], cfg.OPTIM)
-        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
-        self.register_model(self.model_name, module, self.optim, self.sched)
+        self.register_learners()
         use_scaler = self.precision == "fp16" or (self.precision == "amp" and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    def register_learners(self):
+        """Register the learnable module with its optimiser and scheduler under ``model_name``.
+
+        A method whose parts train at different learning rates overrides this and
+        registers one module per optimiser (the engine steps and saves each)."""
+        module = self.learnable_module()
+        self.optim = build_optimizer([p for p in module.parameters() if p.requires_grad], self.cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+        self.register_model(self.model_name, module, self.optim, self.sched)
 
     def check_input_size(self, clip_model):
         size = self.cfg.INPUT.SIZE

@@ -1,0 +1,134 @@
+"""train.py end to end on a generated Caltech101 with the tiny random CLIP."""
+import json
+import os
+
+import pytest
+import torch
+
+import train
+from dassl.utils.logger import close_logger
+from datasets.fake import make_fake_dataset
+
+FAST = ["DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "16"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_fake_dataset("caltech101", str(root), num_classes=6, images_per_class=8)
+    return str(root)
+
+
+@pytest.fixture(autouse=True)
+def restore_streams():
+    yield
+    close_logger()
+
+
+def run_train(data_root, clip_path, out, trainer, config, flags=(), opts=()):
+    """Run train.py in-process; ``flags`` are command-line flags, ``opts`` KEY VALUE overrides."""
+    config_dir = "ZeroshotCLIP" if trainer.startswith("ZeroshotCLIP") else trainer
+    argv = ["--root", data_root, "--seed", "1", "--trainer", trainer,
+            "--dataset-config-file", "configs/datasets/caltech101.yaml",
+            "--config-file", f"configs/trainers/{config_dir}/{config}.yaml",
+            "--output-dir", str(out), *flags, "MODEL.BACKBONE.PATH", clip_path, *FAST, *opts]
+    train.main(argv)
+    close_logger()
+    with open(os.path.join(out, "log.txt")) as f:
+        return f.read()
+
+
+def accuracy(log):
+    lines = [l for l in log.splitlines() if l.startswith("* accuracy:")]
+    return float(lines[-1].split()[-1].rstrip("%"))
+
+
+def test_coop_trains_saves_and_eval_only_reproduces(data_root, tiny_clip_path, tmp_path):
+    out = tmp_path / "coop"
+    log = run_train(data_root, tiny_clip_path, out, "CoOp", "vit_b16_ep50_ctxv1", opts=("OPTIM.MAX_EPOCH", "2"))
+    assert "epoch [2/2] batch [1/1]" in log and "Finish training" in log and "* accuracy:" in log
+    assert "Setting fixed seed: 1" in log  # H8: the seed is in the log
+    ckpt = out / "prompt_learner" / "model.pth.tar-2"
+    state = torch.load(ckpt, weights_only=True)
+    assert set(state["state_dict"]) == {"ctx"} and state["state_dict"]["ctx"].shape == (4, 64)
+    assert state["epoch"] == 2
+    results = json.loads((out / "results.json").read_text())
+
+    eval_out = tmp_path / "coop_eval"
+    eval_log = run_train(data_root, tiny_clip_path, eval_out, "CoOp", "vit_b16_ep50_ctxv1",
+                         flags=("--eval-only", "--model-dir", str(out), "--load-epoch", "2"))
+    assert "Finish training" not in eval_log
+    assert f'Loading weights to prompt_learner from "{ckpt}" (epoch = 2)' in eval_log
+    assert accuracy(eval_log) == pytest.approx(results["metrics"]["accuracy"], abs=0.05)
+
+
+def test_mudpt_trains_on_base_and_tests_on_new(data_root, tiny_clip_path, tmp_path):
+    out = tmp_path / "base"
+    config = "vit_b16_bz4_ep10_nctx4_depth12"
+    log = run_train(data_root, tiny_clip_path, out, "MuDPT", config,
+                    opts=("OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base"))
+    assert "SUBSAMPLE BASE CLASSES!" in log and "# classes  3" in log
+    assert "# trainable params:" in log and "* accuracy:" in log and "Finish training" in log
+    ckpt = torch.load(out / "MultimodalDeepPromptTuning" / "model.pth.tar-1", weights_only=True)
+    assert "text_ctx" in ckpt["state_dict"] and "inj_t2v.proj.weight" in ckpt["state_dict"]
+    assert not any("token_" in k or "transformer" in k.split(".")[0] for k in ckpt["state_dict"])
+
+    new_log = run_train(data_root, tiny_clip_path, tmp_path / "new", "MuDPT", config,
+                        flags=("--eval-only", "--model-dir", str(out), "--load-epoch", "1"),
+                        opts=("DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "new"))
+    assert "SUBSAMPLE NEW CLASSES!" in new_log and "* accuracy:" in new_log
+    assert json.loads((tmp_path / "new" / "results.json").read_text())["split"] == "test"
+
+
+def test_cocoop_trains_one_epoch(data_root, tiny_clip_path, tmp_path):
+    log = run_train(data_root, tiny_clip_path, tmp_path / "cocoop", "CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1",
+                    opts=("OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "2"))
+    assert "epoch [1/1] batch [12/12]" in log and "* accuracy:" in log  # 6 classes x 2 shots, batch 1
+
+
+@pytest.mark.parametrize("trainer", ["ZeroshotCLIP", "ZeroshotCLIP2"])
+def test_zero_shot_runs_eval_only_without_a_model(data_root, tiny_clip_path, tmp_path, trainer):
+    log = run_train(data_root, tiny_clip_path, tmp_path / "zs", trainer, "vit_b16", flags=("--eval-only",))
+    assert "Prompts: ['a photo of a " in log and "* accuracy:" in log
+
+
+def error_of(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        train.main(argv)
+    close_logger()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def base_argv(data_root, clip_path, tmp_path, trainer="CoOp", dataset="caltech101"):
+    return ["--root", data_root, "--trainer", trainer, "--output-dir", str(tmp_path / "bad"),
+            "--dataset-config-file", f"configs/datasets/{dataset}.yaml",
+            "--config-file", "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml", "MODEL.BACKBONE.PATH", clip_path]
+
+
+def test_bad_input_gives_one_clear_message(data_root, tiny_clip_path, tmp_path, capsys):
+    err = error_of(capsys, base_argv(data_root, tiny_clip_path, tmp_path, trainer="CoOP"))
+    assert "[CoOP]" in err and "do you mean [CoOp]" in err and "trainers/" in err
+
+    argv = base_argv(data_root, tiny_clip_path, tmp_path) + ["DATASET.NAME", "Caltech102"]
+    err = error_of(capsys, argv)
+    assert "Caltech102" in err and "Caltech101" in err
+
+    err = error_of(capsys, base_argv(data_root, tiny_clip_path, tmp_path) + ["OPTIM.LRR", "0.1"])
+    assert "OPTIM.LRR" in err and "OPTIM.LR" in err
+
+    err = error_of(capsys, base_argv(str(tmp_path / "no_data"), tiny_clip_path, tmp_path))
+    assert "caltech-101" in err and str(tmp_path / "no_data") in err
+
+    err = error_of(capsys, base_argv(data_root, str(tmp_path / "missing.pt"), tmp_path))
+    assert "missing.pt" in err and "MODEL.BACKBONE.PATH" in err
+
+    argv = base_argv(data_root, tiny_clip_path, tmp_path, trainer="MuDPT")
+    argv[argv.index("--config-file") + 1] = "configs/trainers/MuDPT/vit_b16_bz4_ep10_nctx4_depth12.yaml"
+    err = error_of(capsys, argv + ["TRAINER.MUDPT.DEEP_PROMPT_DEPTH", "13"])
+    assert "DEEP_PROMPT_DEPTH is 13" in err
+
+    err = error_of(capsys, base_argv(data_root, tiny_clip_path, tmp_path) + ["--eval-only"])
+    assert "model" in err.lower()  # a trained method needs --model-dir for --eval-only

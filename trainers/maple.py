@@ -1,0 +1,85 @@
+"""MaPLe: multi-modal prompt learning (Khattak et al., CVPR 2023).
+
+Deep text prompts T_0..T_{J-1} (n x d_t); the visual prompt of every layer is a function of
+the text prompt of that layer, V_l = proj_l(T_l), through a separate Linear d_t -> d_v per
+layer. The coupling is one-way (text -> vision); there are no independent visual prompts.
+Text: T_0 right after SOS, T_l replaces those slots before blocks 1..J-1. Vision: V_0
+appended after the patches, V_l replaces the last n tokens before blocks 1..J-1.
+"""
+import copy
+
+import torch
+import torch.nn as nn
+
+from dassl.engine import TRAINER_REGISTRY
+
+from .clip_prompting import ClassPrompts, PromptedCLIP, PromptTuningTrainer, deep_prompt_hook, init_context
+
+
+def extend_cfg(cfg):
+    from dassl.config import CfgNode as CN
+    cfg.TRAINER.MAPLE = CN()
+    cfg.TRAINER.MAPLE.N_CTX = 2
+    cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"
+    cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9
+    cfg.TRAINER.MAPLE.PREC = "fp32"
+
+
+class MaPLePromptLearner(nn.Module):
+    def __init__(self, cfg, classnames, text_encoder, image_encoder):
+        super().__init__()
+        c = cfg.TRAINER.MAPLE
+        if not image_encoder.is_vit:
+            raise ValueError("TRAINER.MAPLE: MaPLe inserts visual prompts and needs a ViT backbone "
+                             f"(MODEL.BACKBONE.NAME is {cfg.MODEL.BACKBONE.NAME}); use e.g. ViT-B/16.")
+        layers = min(text_encoder.num_layers, image_encoder.num_layers)
+        if not 1 <= c.PROMPT_DEPTH <= layers:
+            raise ValueError(f"TRAINER.MAPLE: PROMPT_DEPTH is {c.PROMPT_DEPTH}, but this CLIP has {layers} layers "
+                             f"per encoder; use 1 (shallow) to {layers}.")
+        if c.N_CTX < 1:
+            raise ValueError(f"TRAINER.MAPLE: N_CTX is {c.N_CTX}; MaPLe needs at least 1 prompt token.")
+        n, depth = c.N_CTX, c.PROMPT_DEPTH
+        d_t, d_v = text_encoder.width, image_encoder.width
+        ctx, prefix = init_context(text_encoder, n, c.CTX_INIT, owner="TRAINER.MAPLE")
+        print(f'Initial context: "{prefix}"')
+        print(f"Number of MaPLe context words (tokens): {n}, prompt depth {depth}")
+        self.n_ctx = n
+        self.ctx = nn.Parameter(ctx)                       # T_0
+        self.proj = nn.Linear(d_t, d_v)                    # V_0 = proj(T_0)
+        self.compound_prompts_text = nn.Parameter(         # T_1..T_{J-1}
+            nn.init.normal_(torch.empty(depth - 1, n, d_t), std=0.02))
+        layer = nn.Linear(d_t, d_v)  # the deep couplings start as copies of one initialised layer
+        self.compound_prompt_projections = nn.ModuleList(copy.deepcopy(layer) for _ in range(depth - 1))
+        self.classes = ClassPrompts(text_encoder, classnames, prefix, n)
+
+    def forward(self):
+        visual_deep = [proj(t) for proj, t in zip(self.compound_prompt_projections, self.compound_prompts_text)]
+        return {"text": self.classes.assemble(self.ctx), "text_deep": self.compound_prompts_text,
+                "visual": self.proj(self.ctx), "visual_deep": visual_deep}
+
+
+class MaPLeCLIP(PromptedCLIP):
+    def __init__(self, cfg, classnames, clip_model):
+        super().__init__(clip_model)
+        self.prompt_learner = MaPLePromptLearner(cfg, classnames, self.text_encoder, self.image_encoder)
+
+    def prompts(self):
+        return self.prompt_learner()
+
+    def encode_text(self, prompts):
+        hook = deep_prompt_hook(prompts["text_deep"], start=1)
+        return self.text_encoder(prompts["text"], self.prompt_learner.classes.eot_index, hook=hook)
+
+    def encode_image(self, images, prompts):
+        hook = deep_prompt_hook(prompts["visual_deep"], start=-self.prompt_learner.n_ctx)
+        return self.image_encoder(images, prompts["visual"], hook=hook)
+
+
+@TRAINER_REGISTRY.register()
+class MaPLe(PromptTuningTrainer):
+    cfg_node = "MAPLE"
+    model_name = "MultiModalPromptLearner"  # the released checkpoint folder name
+    learnable_attr = "prompt_learner"
+
+    def build_custom_clip(self, cfg, classnames, clip_model):
+        return MaPLeCLIP(cfg, classnames, clip_model)
