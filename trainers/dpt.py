@@ -211,11 +211,6 @@ def layer_loss(layer_logits, top_k, label):
 @TRAINER_REGISTRY.register()
 class DPT(PromptTuningTrainer):
     cfg_node = "DPT"
-    model_name = "prompt_learner"
-
-    def check_cfg(self, cfg):
-        check_dpt_cfg(cfg.TRAINER.DPT, layers=cfg.TRAINER.DPT.BOTTOMLIMIT)  # range checked again with the CLIP
-        super().check_cfg(cfg)
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return DPTCLIP(cfg, classnames, clip_model)
@@ -226,11 +221,12 @@ class DPT(PromptTuningTrainer):
         text_optim.defrost()
         text_optim.LR = self.cfg.TRAINER.DPT.TEXT_LR
         text_optim.WARMUP_EPOCH = 1
-        for name, optim_cfg in (("prompt_learner", text_optim), ("ctx_learner", self.cfg.OPTIM),
-                                ("extractor", self.cfg.OPTIM)):
+        # the first registered name's LR is the one the log lines show: OPTIM.LR's schedule
+        for name, optim_cfg in (("extractor", self.cfg.OPTIM), ("ctx_learner", self.cfg.OPTIM),
+                                ("prompt_learner", text_optim)):
             module = getattr(self.model, name)
-            if not any(p.requires_grad for p in module.parameters()):
-                continue  # e.g. no VPT tokens (BOTTOMLIMIT 1 or VPT_N_CTX 0)
+            if sum(p.numel() for p in module.parameters() if p.requires_grad) == 0:
+                continue  # no VPT tokens (BOTTOMLIMIT 1 or VPT_N_CTX 0)
             optim = build_optimizer(module, optim_cfg)
             self.register_model(name, module, optim, build_lr_scheduler(optim, optim_cfg))
 

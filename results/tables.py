@@ -1,0 +1,388 @@
+"""The paper's tables (few-shot, cross-dataset, base-to-new, domain generalisation) from runs.
+
+Every project cell is the mean over the seeds found (the std and seed count go to the CSV).
+Base-to-new HM follows the papers: per dataset HM(mean base, mean new); for the average,
+HM of the averaged base and new accuracies, never the mean of per-dataset HMs.
+"""
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Optional
+
+from results import paper_numbers
+from results.benchmarks import (CROSS_DATASET_TARGETS, DG_TARGETS, ELEVEN_DATASETS,
+                                SOURCE_DATASET, display_name)
+from results.collect import EVALUATION, FEW_SHOT, TEST_NEW, TRAIN_BASE
+from results.seeds import mean_and_std
+
+FEW_SHOT_TABLE = "few_shot"
+CROSS_DATASET_TABLE = "cross_dataset"
+BASE2NEW_TABLE = "base2new"
+DG_TABLE = "domain_generalization"
+TABLE_KEYS = (FEW_SHOT_TABLE, CROSS_DATASET_TABLE, BASE2NEW_TABLE, DG_TABLE)
+TABLE_ALIASES = {
+    "few_shot": FEW_SHOT_TABLE, "fewshot": FEW_SHOT_TABLE, "few-shot": FEW_SHOT_TABLE,
+    "1": FEW_SHOT_TABLE, "i": FEW_SHOT_TABLE,
+    "cross_dataset": CROSS_DATASET_TABLE, "cross-dataset": CROSS_DATASET_TABLE,
+    "xd": CROSS_DATASET_TABLE, "2": CROSS_DATASET_TABLE, "ii": CROSS_DATASET_TABLE,
+    "base2new": BASE2NEW_TABLE, "base-to-new": BASE2NEW_TABLE, "b2n": BASE2NEW_TABLE,
+    "3": BASE2NEW_TABLE, "iii": BASE2NEW_TABLE,
+    "domain_generalization": DG_TABLE, "domain_generalisation": DG_TABLE, "dg": DG_TABLE,
+    "4": DG_TABLE, "iv": DG_TABLE,
+}
+TITLES = {
+    FEW_SHOT_TABLE: "Table I: few-shot recognition ({shots} shots)",
+    CROSS_DATASET_TABLE: "Table II: cross-dataset evaluation (ImageNet source, {shots} shots)",
+    BASE2NEW_TABLE: "Table III: base-to-new generalisation (Base / New / HM)",
+    DG_TABLE: "Table IV: domain generalisation (ImageNet source, {shots} shots)",
+}
+# Rows "MuDPT vs X": the main method against each baseline that is present.
+MAIN_METHOD = "MuDPT"
+BASELINES = ("CoOp", "CoCoOp")
+EXPECTED_SEEDS = 3
+OUTLIER_MARGIN = 10.0  # points from the median of a cell's seeds (USERS: DTD/EuroSAT blow-ups)
+
+
+def resolve_table_name(name):
+    key = TABLE_ALIASES.get(name.strip().lower())
+    if key is None:
+        raise ValueError(f"Unknown table '{name}'. Choose one of: {', '.join(TABLE_KEYS)} "
+                         "(aliases: fewshot, xd, b2n, dg, or I-IV).")
+    return key
+
+
+@dataclass(frozen=True)
+class Value:
+    mean: float
+    std: Optional[float] = None   # over seeds; None for derived values (averages, HM, differences)
+    n: Optional[int] = None       # seeds behind a project cell; None for derived/paper values
+    signed: bool = False          # a difference: printed with its sign
+    partial: str = ""             # e.g. "3/11" when an average covers only some datasets
+    covers: tuple = ()            # for averages: the datasets behind it
+
+    def text(self, expected_seeds=EXPECTED_SEEDS):
+        body = f"{self.mean:+.2f}" if self.signed else f"{self.mean:.2f}"
+        if self.n is not None and self.n < expected_seeds:
+            body += "*"
+        if self.partial:
+            body += f" ({self.partial})"
+        return body
+
+
+@dataclass
+class Table:
+    key: str
+    title: str
+    header: list                      # first entry names the row labels
+    rows: list                        # [(label, [cell, ...])], a cell: {metric: Value|None} or None
+    metrics: tuple = ("accuracy",)
+    notes: list = field(default_factory=list)
+
+
+def _seed_value(accuracies):
+    mean, std = mean_and_std(accuracies)
+    return Value(mean=mean, std=std, n=len(accuracies))
+
+
+def _average(values, datasets):
+    """Mean of the dataset values present; marks how many of the datasets it covers."""
+    present = [(d, v.mean) for d, v in zip(datasets, values) if v is not None]
+    if not present:
+        return None
+    partial = "" if len(present) == len(datasets) else f"{len(present)}/{len(datasets)}"
+    return Value(mean=sum(m for _, m in present) / len(present), partial=partial,
+                 covers=tuple(d for d, _ in present))
+
+
+def harmonic_mean(base, new):
+    """HM = 2*B*N/(B+N); 0 when both are 0."""
+    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
+
+
+def _difference(a, b):
+    # Averages over different sets of datasets are not comparable.
+    if a is None or b is None or a.covers != b.covers:
+        return None
+    return Value(mean=a.mean - b.mean, signed=True)
+
+
+class _RunIndex:
+    """Finished runs grouped as (kind, trainer, config, shots) -> dataset -> {seed: accuracy}."""
+
+    def __init__(self, runs):
+        self.groups = defaultdict(lambda: defaultdict(dict))
+        self.unfinished = []
+        for run in runs:
+            if run.accuracy is None:
+                self.unfinished.append(run)
+                continue
+            self.groups[(run.kind, run.trainer, run.config, run.shots)][run.dataset][run.seed] = \
+                run.accuracy
+
+    def methods(self, kind, shots=None):
+        """(trainer, config, shots) of the groups of one kind, ordered for display."""
+        keys = {(t, c, s) for (k, t, c, s) in self.groups if k == kind and (shots is None or s == shots)}
+        return sorted(keys, key=_method_order)
+
+    def value(self, kind, trainer, config, shots, dataset):
+        seeds = self.groups.get((kind, trainer, config, shots), {}).get(dataset)
+        return _seed_value(list(seeds.values())) if seeds else None
+
+    def datasets(self, kind, trainer, config, shots):
+        return set(self.groups.get((kind, trainer, config, shots), {}))
+
+    def outliers(self, groups, datasets):
+        notes = []
+        for (kind, trainer, config, shots), per_dataset in sorted(self.groups.items()):
+            if (kind, trainer, config, shots) not in groups:
+                continue
+            for dataset, seeds in sorted(per_dataset.items()):
+                if len(seeds) < 3 or dataset not in datasets:
+                    continue
+                median = statistics.median(seeds.values())
+                for seed, acc in sorted(seeds.items()):
+                    if abs(acc - median) > OUTLIER_MARGIN:
+                        notes.append(f"Outlier: {trainer}/{config} {kind} {dataset} seed {seed}: "
+                                     f"{acc:.2f} vs median {median:.2f}; check it before averaging.")
+        return notes
+
+
+_KNOWN_ORDER = {"ZeroshotCLIP": 0, "CoOp": 1, "CoCoOp": 2, "MaPLe": 3, "IVLP": 4, "VPT": 5,
+                "DPT": 6, "DCP": 7, MAIN_METHOD: 9}
+
+
+def _method_order(key):
+    trainer, config, shots = key
+    return (_KNOWN_ORDER.get(trainer, 8), trainer, config, shots)
+
+
+def _labels(methods):
+    """Row label per method: the trainer name, plus the config when a trainer has several."""
+    per_trainer = defaultdict(int)
+    for trainer, _, _ in methods:
+        per_trainer[trainer] += 1
+    return {m: (m[0] if per_trainer[m[0]] == 1 else f"{m[0]} ({m[1]})") for m in methods}
+
+
+def _single(value):
+    return None if value is None else {"accuracy": value}
+
+
+def _comparison_rows(method_rows, labels):
+    """Rows "MuDPT vs CoOp" etc.: per column differences of the project rows."""
+    rows = []
+    mains = [m for m in method_rows if m[0] == MAIN_METHOD]
+    for baseline in BASELINES:
+        others = [m for m in method_rows if m[0] == baseline]
+        for main in mains:
+            for other in others:
+                cells = []
+                for a, b in zip(method_rows[main], method_rows[other]):
+                    diff = _difference(a and a.get("accuracy"), b and b.get("accuracy"))
+                    cells.append(_single(diff))
+                rows.append((f"{labels[main]} vs {labels[other]}", cells))
+    return rows
+
+
+def _paper_label(row):
+    return f"{row.method} [{row.source}]"
+
+
+def _unfinished_note(index, groups, datasets):
+    stale = [r for r in index.unfinished
+             if (r.kind, r.trainer, r.config, r.shots) in groups and r.dataset in datasets]
+    if not stale:
+        return []
+    shown = ", ".join(r.path for r in stale[:5])
+    more = f" and {len(stale) - 5} more" if len(stale) > 5 else ""
+    return [f"{len(stale)} run(s) without a final result were left out "
+            f"(crashed, killed or still running): {shown}{more}."]
+
+
+def _common_notes(index, kinds, methods, datasets):
+    """Legend, runs left out, and seeds far from their cell's median, for this table only."""
+    groups = {(kind,) + m for kind in kinds for m in methods}
+    notes = [f"- `*`: fewer than {EXPECTED_SEEDS} seeds; `(k/N)`: an average over k of N "
+             "datasets; `-`: no run."]
+    notes += ["- " + n for n in _unfinished_note(index, groups, set(datasets))]
+    notes += ["- " + n for n in index.outliers(groups, set(datasets))]
+    return notes
+
+
+def _shown(columns, used, all_datasets):
+    return list(columns) if all_datasets else [d for d in columns if d in used]
+
+
+def few_shot_table(index, shots=16, paper=False, all_datasets=False):
+    methods = index.methods(FEW_SHOT, shots)
+    # The ImageNet run of the cross-dataset protocol has the few-shot layout; it belongs
+    # to Table II/IV, unless its config was also run on other datasets.
+    sources = {(t, c, s) for (t, c, s) in index.methods(EVALUATION, shots)}
+    methods = [m for m in methods
+               if not (m in sources and index.datasets(FEW_SHOT, *m) <= {SOURCE_DATASET})]
+    methods = [m for m in methods if index.datasets(FEW_SHOT, *m) & set(ELEVEN_DATASETS)]
+    if not methods:
+        return None
+    used = set().union(*(index.datasets(FEW_SHOT, *m) for m in methods))
+    columns = _shown(ELEVEN_DATASETS, used, all_datasets)
+    labels = _labels(methods)
+    method_rows = {}
+    for m in methods:
+        values = [index.value(FEW_SHOT, *m, d) for d in columns]
+        all_values = [index.value(FEW_SHOT, *m, d) for d in ELEVEN_DATASETS]
+        method_rows[m] = ([_single(v) for v in values]
+                          + [_single(_average(all_values, ELEVEN_DATASETS))])
+    rows = [(labels[m], cells) for m, cells in method_rows.items()]
+    rows += _comparison_rows(method_rows, labels)
+    if paper and shots == 16:
+        for prow in paper_numbers.FEW_SHOT_16:
+            cells = [_single(_paper_value(prow.values.get(d))) for d in columns]
+            rows.append((_paper_label(prow), cells + [_single(_paper_value(prow.average))]))
+    header = ["Method"] + [display_name(d) for d in columns] + ["Average"]
+    notes = _common_notes(index, {FEW_SHOT}, methods, ELEVEN_DATASETS)
+    return Table(FEW_SHOT_TABLE, TITLES[FEW_SHOT_TABLE].format(shots=shots), header, rows,
+                 notes=notes)
+
+
+def _paper_value(number):
+    return None if number is None else Value(mean=number)
+
+
+def _transfer_table(index, key, targets, shots, paper_rows, paper, all_datasets, average_label):
+    """Tables II and IV: the ImageNet source accuracy, then eval-only targets, then their mean."""
+    methods = [m for m in index.methods(EVALUATION, shots)
+               if index.datasets(EVALUATION, *m) & set(targets)]
+    if not methods:
+        return None
+    used = set().union(*(index.datasets(EVALUATION, *m) for m in methods))
+    columns = _shown(targets, used, all_datasets)
+    labels = _labels(methods)
+    method_rows = {}
+    for m in methods:
+        source = index.value(FEW_SHOT, *m, SOURCE_DATASET)
+        values = [index.value(EVALUATION, *m, d) for d in columns]
+        all_targets = [index.value(EVALUATION, *m, d) for d in targets]
+        method_rows[m] = ([_single(source)] + [_single(v) for v in values]
+                          + [_single(_average(all_targets, targets))])
+    rows = [(labels[m], cells) for m, cells in method_rows.items()]
+    rows += _comparison_rows(method_rows, labels)
+    if paper:
+        for prow in paper_rows:
+            average = prow.average
+            if average is None:
+                present = [prow.values[d] for d in targets if d in prow.values]
+                average = sum(present) / len(present) if len(present) == len(targets) else None
+            cells = ([_single(_paper_value(prow.values.get(SOURCE_DATASET)))]
+                     + [_single(_paper_value(prow.values.get(d))) for d in columns]
+                     + [_single(_paper_value(average))])
+            rows.append((_paper_label(prow), cells))
+    header = (["Method", f"{display_name(SOURCE_DATASET)} (source)"]
+              + [display_name(d) for d in columns] + [average_label])
+    notes = (_common_notes(index, {EVALUATION}, methods, targets)
+             + _common_notes(index, {FEW_SHOT}, methods, [SOURCE_DATASET])[1:])
+    return Table(key, TITLES[key].format(shots=shots), header, rows, notes=notes)
+
+
+def cross_dataset_table(index, shots=16, paper=False, all_datasets=False):
+    return _transfer_table(index, CROSS_DATASET_TABLE, CROSS_DATASET_TARGETS, shots,
+                           paper_numbers.CROSS_DATASET, paper, all_datasets,
+                           f"Average ({len(CROSS_DATASET_TARGETS)} targets)")
+
+
+def domain_generalization_table(index, shots=16, paper=False, all_datasets=False):
+    return _transfer_table(index, DG_TABLE, DG_TARGETS, shots,
+                           paper_numbers.DOMAIN_GENERALISATION, paper, all_datasets,
+                           f"Average ({len(DG_TARGETS)} targets)")
+
+
+def _b2n_cell(base, new):
+    if base is None and new is None:
+        return None
+    hm = None
+    if base is not None and new is not None:
+        hm = Value(mean=harmonic_mean(base.mean, new.mean))
+    return {"base": base, "new": new, "hm": hm}
+
+
+def base2new_average(base_values, new_values, total=len(ELEVEN_DATASETS)):
+    """Average base and new over datasets, and HM of those averages (not a mean of HMs).
+
+    Only datasets that have both base and new enter, so that B, N and HM describe the same set.
+    """
+    pairs = [(i, b, n) for i, (b, n) in enumerate(zip(base_values, new_values))
+             if b is not None and n is not None]
+    if not pairs:
+        return None
+    partial = "" if len(pairs) == total else f"{len(pairs)}/{total}"
+    covers = tuple(i for i, _, _ in pairs)
+    base = sum(b.mean for _, b, _ in pairs) / len(pairs)
+    new = sum(n.mean for _, _, n in pairs) / len(pairs)
+    return {metric: Value(value, partial=partial, covers=covers)
+            for metric, value in (("base", base), ("new", new),
+                                  ("hm", harmonic_mean(base, new)))}
+
+
+def base2new_table(index, shots=16, paper=False, all_datasets=False):
+    methods = sorted(set(index.methods(TRAIN_BASE, shots)) | set(index.methods(TEST_NEW, shots)),
+                     key=_method_order)
+    if not methods:
+        return None
+    used = set()
+    for m in methods:
+        used |= index.datasets(TRAIN_BASE, *m) | index.datasets(TEST_NEW, *m)
+    datasets = _shown(ELEVEN_DATASETS, used, all_datasets)
+    labels = _labels(methods)
+
+    columns = {}   # column label -> per-row cells (datasets..., average)
+    project = {}
+    for m in methods:
+        base = [index.value(TRAIN_BASE, *m, d) for d in ELEVEN_DATASETS]
+        new = [index.value(TEST_NEW, *m, d) for d in ELEVEN_DATASETS]
+        by_name = dict(zip(ELEVEN_DATASETS, zip(base, new)))
+        cells = [_b2n_cell(*by_name[d]) for d in datasets] + [base2new_average(base, new)]
+        project[m] = cells
+        columns[labels[m]] = cells
+    for main in [m for m in methods if m[0] == MAIN_METHOD]:
+        for baseline in BASELINES:
+            for other in [m for m in methods if m[0] == baseline]:
+                diffs = []
+                for a, b in zip(project[main], project[other]):
+                    if a is None or b is None:
+                        diffs.append(None)
+                        continue
+                    diff = {k: _difference(a[k], b[k]) for k in ("base", "new", "hm")}
+                    diffs.append(diff if any(v is not None for v in diff.values()) else None)
+                columns[f"{labels[main]} vs {labels[other]}"] = diffs
+    if paper:
+        for prow in paper_numbers.BASE2NEW:
+            cells = [_b2n_cell(_paper_value(prow.base.get(d)), _paper_value(prow.new.get(d)))
+                     for d in datasets]
+            average = None
+            if prow.average_base is not None:
+                average = _b2n_cell(Value(prow.average_base), Value(prow.average_new))
+            cells.append(average)
+            columns[_paper_label(prow)] = cells
+
+    row_labels = [display_name(d) for d in datasets] + ["Average"]
+    rows = [(label, [columns[c][i] for c in columns]) for i, label in enumerate(row_labels)]
+    header = ["Dataset"] + list(columns)
+    notes = _common_notes(index, {TRAIN_BASE, TEST_NEW}, methods, ELEVEN_DATASETS)
+    notes.insert(1, "- Average: mean base and mean new over the datasets that have both; "
+                    "HM of those two means (not the mean of per-dataset HMs).")
+    return Table(BASE2NEW_TABLE, TITLES[BASE2NEW_TABLE], header, rows,
+                 metrics=("base", "new", "hm"), notes=notes)
+
+
+BUILDERS = {
+    FEW_SHOT_TABLE: few_shot_table,
+    CROSS_DATASET_TABLE: cross_dataset_table,
+    BASE2NEW_TABLE: base2new_table,
+    DG_TABLE: domain_generalization_table,
+}
+
+
+def build_tables(runs, keys=TABLE_KEYS, shots=16, paper=False, all_datasets=False):
+    """{table key: Table or None (no runs)} in the order of ``keys``."""
+    index = _RunIndex(runs)
+    return {key: BUILDERS[key](index, shots=shots, paper=paper, all_datasets=all_datasets)
+            for key in keys}

@@ -1,0 +1,194 @@
+"""Speed and memory of each trainer with the exact fast paths on and off, measured in one run.
+
+The model is CLIP with ViT-B/16's shapes and random weights (cost does not depend on weight
+values). "fast" is the project's default: attention through scaled_dot_product_attention, text
+sequences cut after the last EOT token, CoCoOp's per-image prompts in one batched text pass, and
+text features computed once per evaluation. "off" is the straightforward implementation: CLIP's
+own blocks over all 77 tokens, one text pass per image, text features recomputed per test batch.
+
+Usage: python tools/benchmark.py [--trainers CoOp CoCoOp MuDPT] [--train-classes 50 1000]
+                                 [--eval-classes 100 1000] [--device cpu|cuda] [--tiny]
+Each figure is the median of --repeats timed runs after one warm-up; peak memory is the CUDA
+allocator's peak, or on CPU the peak resident memory of a fresh process doing one step.
+"""
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import dassl  # noqa: E402,F401  (torchvision guard)
+import torch  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+import trainers  # noqa: E402
+from dassl.config import get_cfg_default  # noqa: E402
+from trainers.clip_prompting import set_fast_paths, tiny_clip, vit_b16_shaped_clip  # noqa: E402
+
+# Trainer name -> (model class, config overrides as in its paper config)
+MODELS = {
+    "CoOp": ("trainers.coop", "CoOpCLIP", {"COOP": {"N_CTX": 16}}),
+    "CoCoOp": ("trainers.cocoop", "CoCoOpCLIP", {"COCOOP": {"N_CTX": 4, "CTX_INIT": "a photo of a"}}),
+    "MuDPT": ("trainers.mudpt", "MuDPTCLIP", {}),
+}
+WORDS = ["golden", "retriever", "sea", "lion", "air", "liner", "red", "maple", "tree", "sports", "car",
+         "tabby", "cat", "garden", "spider", "steam", "engine", "paper", "towel", "bell", "pepper"]
+
+
+def classnames(count):
+    """Synthetic class names of 1-3 common words, like real benchmark class names."""
+    return [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(1 + i % 3)) + f" {i}"
+            for i in range(count)]
+
+
+def build(name, num_classes, tiny, device):
+    import importlib
+    module, cls, overrides = MODELS[name]
+    cfg = get_cfg_default()
+    trainers.extend_cfg(cfg)
+    for node, keys in overrides.items():
+        for key, value in keys.items():
+            setattr(getattr(cfg.TRAINER, node), key, value)
+    clip_model = tiny_clip() if tiny else vit_b16_shaped_clip()
+    model = getattr(importlib.import_module(module), cls)(cfg, classnames(num_classes), clip_model)
+    return model.to(device)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def train_step_fn(model, batch, device):
+    images = torch.randn(batch, 3, 224, 224, device=device)
+    labels = torch.arange(batch, device=device) % 2
+    optim = torch.optim.SGD(model.trainable_parameters(), lr=1e-3, momentum=0.9)
+    model.train()
+
+    def step():
+        optim.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optim.step()
+    return step
+
+
+def eval_pass_fn(model, fast, batches, batch, device):
+    """One evaluation pass over ``batches`` test batches; text features cached when fast."""
+    images = torch.randn(batch, 3, 224, 224, device=device)
+    model.eval()
+
+    @torch.no_grad()
+    def run():
+        cached = model.text_features() if fast and not model.text_depends_on_image else None
+        for _ in range(batches):
+            model(images, text_features=cached)
+    return run
+
+
+def measure_train(name, classes, fast, args):
+    device = torch.device(args.device)
+    model = build(name, classes, args.tiny, device)
+    set_fast_paths(model, fast)
+    return timed(train_step_fn(model, args.batch, device), device, args.repeats)
+
+
+def measure_eval(name, classes, fast, args):
+    device = torch.device(args.device)
+    model = build(name, classes, args.tiny, device)
+    set_fast_paths(model, fast)
+    seconds = timed(eval_pass_fn(model, fast, args.eval_batches, args.eval_batch, device), device, args.repeats)
+    return args.eval_batches * args.eval_batch / seconds
+
+
+def peak_memory_of_step(name, classes, fast, args):
+    """Peak memory (MiB) of one training step, in a fresh process on CPU."""
+    if args.device == "cuda":
+        device = torch.device("cuda")
+        model = build(name, classes, args.tiny, device)
+        set_fast_paths(model, fast)
+        step = train_step_fn(model, args.batch, device)
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        return torch.cuda.max_memory_allocated() / 2**20
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_cpu_peak_rss, (name, classes, fast, args))
+
+
+def _cpu_peak_rss(name, classes, fast, args):
+    torch.set_num_threads(args.threads)
+    model = build(name, classes, args.tiny, torch.device("cpu"))
+    set_fast_paths(model, fast)
+    train_step_fn(model, args.batch, torch.device("cpu"))()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def ratio(slow, fast):
+    return f"{slow / fast:.2f}x"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trainers", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--train-classes", nargs="+", type=int, default=[50])
+    p.add_argument("--eval-classes", nargs="+", type=int, default=[100])
+    p.add_argument("--batch", type=int, default=4, help="training batch size")
+    p.add_argument("--eval-batch", type=int, default=32)
+    p.add_argument("--eval-batches", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--memory", action="store_true", help="also measure peak memory of a train step")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--tiny", action="store_true", help="tiny CLIP instead of ViT-B/16 shapes (smoke test)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else \
+        f"CPU ({platform.processor() or platform.machine()}, {args.threads} threads)"
+    print(f"Model: {'tiny' if args.tiny else 'ViT-B/16-shaped'} CLIP, random weights; device: {device_name}; "
+          f"torch {torch.__version__}")
+    rows = []
+    for name in args.trainers:
+        for classes in args.train_classes:
+            off = measure_train(name, classes, False, args)
+            fast = measure_train(name, classes, True, args)
+            rows.append([name, f"train step, batch {args.batch}, {classes} classes (s)",
+                         f"{off:.3f}", f"{fast:.3f}", ratio(off, fast)])
+            print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
+            if args.memory:
+                off_mem = peak_memory_of_step(name, classes, False, args)
+                fast_mem = peak_memory_of_step(name, classes, True, args)
+                rows.append([name, f"peak memory of that step (MiB)", f"{off_mem:.0f}", f"{fast_mem:.0f}",
+                             ratio(off_mem, fast_mem)])
+                print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
+        for classes in args.eval_classes:
+            off = measure_eval(name, classes, False, args)
+            fast = measure_eval(name, classes, True, args)
+            rows.append([name, f"evaluation, {classes} classes (images/s)", f"{off:.2f}", f"{fast:.2f}",
+                         ratio(fast, off)])
+            print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
+    print()
+    print(tabulate(rows, headers=["trainer", "measure", "fast paths off", "fast paths on", "speed-up"],
+                   tablefmt="github"))
+
+
+if __name__ == "__main__":
+    main()
