@@ -18,8 +18,13 @@ import json
 import os
 import sys
 
-from results.atomic import atomic_write_text
 from results.logparse import end_signals
+
+
+def atomic_write_text(path, text):
+    # imported on use: the engine package loads torch, which plain parsing does not need
+    from dassl.utils import atomic_write_text as write
+    write(path, text)
 
 
 def build_parser():

@@ -18,7 +18,7 @@ import pickle
 
 from dassl.data.datasets.base_dataset import Datum
 
-from .atomic import write_bytes_atomically
+from dassl.utils import atomic_write_bytes
 
 CACHE_FORMAT = "image-list-cache/1"
 _FILES_CHECKED_IN_LARGE_CACHES = 64  # preprocessed.pkl holds >1M paths; check a spread sample
@@ -73,7 +73,7 @@ def save_cache(path, header, named_lists, dataset_dir):
                 )
             records.append((relpath, item.label, item.domain, item.classname))
         content[name] = records
-    write_bytes_atomically(path, pickle.dumps(content, protocol=pickle.HIGHEST_PROTOCOL))
+    atomic_write_bytes(path, lambda f: pickle.dump(content, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def load_cache(path, expected_header, split_names, dataset_dir, check_every_file=True):

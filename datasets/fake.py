@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from .atomic import write_text_atomically
+from dassl.utils import atomic_write_text
 from .eurosat import CLASSNAMES_BY_FOLDER
 
 IMAGE_SIZE = 32
@@ -63,7 +63,7 @@ class _Writer:
             f.write("".join(line + "\n" for line in lines))
 
     def split_json(self, relpath, split):
-        write_text_atomically(self.path(relpath), json.dumps(split, indent=4))
+        atomic_write_text(self.path(relpath), json.dumps(split, indent=4))
 
 
 def split_of_each_image(images_per_class):
@@ -216,7 +216,7 @@ def _oxford_flowers(w, c, k):
         seen[label] = position + 1
         split[split_of_each_image(k)[position]].append([imname, label, names[label]])
     savemat(w.path("imagelabels.mat"), {"labels": np.array([[label + 1 for label in labels]])})
-    write_text_atomically(w.path("cat_to_name.json"),
+    atomic_write_text(w.path("cat_to_name.json"),
                           json.dumps({str(label + 1): name for label, name in enumerate(names)}))
     w.split_json("split_zhou_OxfordFlowers.json", split)
     return split

@@ -11,7 +11,7 @@ import random
 
 from dassl.data.datasets.base_dataset import Datum
 
-from .atomic import write_text_atomically
+from dassl.utils import atomic_write_text
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 
@@ -54,7 +54,7 @@ def save_split(train, val, test, filepath, path_prefix):
         return entries
 
     split = {"train": to_entries(train), "val": to_entries(val), "test": to_entries(test)}
-    write_text_atomically(filepath, json.dumps(split, indent=4, separators=(",", ": ")))
+    atomic_write_text(filepath, json.dumps(split, indent=4, separators=(",", ": ")))
     print(f"Saved split to {filepath}")
 
 

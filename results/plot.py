@@ -1,7 +1,7 @@
 """A Fig. 5-like figure: base, new and HM accuracy per dataset, one bar per method."""
 import io
 
-from results.atomic import atomic_write_bytes
+from dassl.utils import atomic_write_bytes
 
 PANELS = (("base", "Base classes"), ("new", "New classes"), ("hm", "Harmonic mean"))
 
@@ -43,5 +43,5 @@ def plot_base2new(table, path):
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
     return path

@@ -122,3 +122,16 @@ def test_missing_weights_give_one_clear_message(tmp_path, monkeypatch):
     assert "ViT-B-16.pt" in message and "MODEL.BACKBONE.PATH" in message and "offline" in message
     with pytest.raises(ValueError, match="Unknown CLIP backbone"):
         resolve_weights("ViT-X/99")
+
+
+def test_half_precision_clip_runs_the_prompt_aware_forward(tiny_clip_path):
+    from trainers.clip_prompting.loading import to_half
+    model = to_half(load_clip("ViT-B/16", tiny_clip_path))
+    assert model.visual.conv1.weight.dtype == torch.float16
+    encoder = TextEncoder(model)
+    ids = tokenize(["a photo of a dog."])
+    try:
+        features = encoder.encode_ids(ids)
+    except RuntimeError as exc:  # some CPU builds lack half kernels; GPUs have them
+        pytest.skip(f"fp16 kernels unavailable on this CPU: {exc}")
+    assert features.dtype == torch.float16 and torch.isfinite(features).all()

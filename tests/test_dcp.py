@@ -111,7 +111,8 @@ def test_prediction_ignores_the_other_images_by_default_but_not_in_released_mode
             assert (first - second).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("keys, learns_text_half", [({}, True), (RELEASED, False)])
+@pytest.mark.parametrize("keys, learns_text_half", [
+    ({}, True), (RELEASED, False), ({"FUSING": "max", "PS": False}, True)])
 def test_forward_backward_trains_only_the_learner(tiny_clip_model, keys, learns_text_half):
     model = DCPCLIP(make_cfg(**keys), CLASSNAMES, tiny_clip_model)
     logits = model(torch.randn(2, 3, 224, 224))

@@ -14,7 +14,7 @@ from dassl import torchvision_guard  # noqa: F401  (before clip imports torchvis
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # clip imports the deprecated pkg_resources
     import clip
-    from clip.model import CLIP, build_model
+    from clip.model import CLIP, build_model, convert_weights
 
 CLIP_CACHE_DIR = os.path.expanduser("~/.cache/clip")
 
@@ -98,6 +98,12 @@ def resolve_weights(name, path=""):
 def load_clip(name, path=""):
     """Load CLIP in fp32 on the CPU; the trainer moves and casts it."""
     return clip_from_state_dict(read_state_dict(resolve_weights(name, path)))
+
+
+def to_half(model):
+    """CLIP's own fp16 conversion: matrices in fp16, LayerNorms kept in fp32 as CLIP expects."""
+    convert_weights(model)
+    return model
 
 
 def tokenize(texts):

@@ -15,7 +15,7 @@ from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_pretrained_weights
 
-from .loading import load_clip
+from .loading import load_clip, to_half
 
 PRECISIONS = ("fp32", "fp16", "amp")
 
@@ -56,7 +56,7 @@ class PromptTuningTrainer(TrainerX):
         if self.method_cfg.PREC == "fp16" and self.precision == "fp32":
             print(f"TRAINER.{self.cfg_node}.PREC fp16 needs a GPU; running in fp32 on {self.device.type}")
         if self.precision == "fp16":
-            clip_model.half()  # learnable tensors stay fp32; a GradScaler guards the step
+            to_half(clip_model)  # learnable tensors stay fp32; a GradScaler guards the step
         self.check_input_size(clip_model)
         self.scaler = None
         self._text_feature_cache = None
