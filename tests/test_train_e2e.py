@@ -132,3 +132,18 @@ def test_bad_input_gives_one_clear_message(data_root, tiny_clip_path, tmp_path, 
 
     err = error_of(capsys, base_argv(data_root, tiny_clip_path, tmp_path) + ["--eval-only"])
     assert "model" in err.lower()  # a trained method needs --model-dir for --eval-only
+
+
+@pytest.mark.parametrize("trainer, config, name", [
+    ("VPT", "vit_b16_c2_ep5_batch4_4", "prompt_learner"),
+    ("IVLP", "vit_b16_c2_ep5_batch4_2+2ctx", "VLPromptLearner"),
+    ("MaPLe", "vit_b16_c2_ep5_batch4_2ctx", "MultiModalPromptLearner"),
+    ("DCP", "vit_b16_c2_ep20_batch4_16ctx", "MultiModalPromptLearner"),
+    ("DPT", "vit_b16_deep", "prompt_learner"),
+])
+def test_peer_methods_train_end_to_end(data_root, tiny_clip_path, tmp_path, trainer, config, name):
+    out = tmp_path / trainer
+    log = run_train(data_root, tiny_clip_path, out, trainer, config,
+                    opts=("OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "4", "DATASET.SUBSAMPLE_CLASSES", "base"))
+    assert "Finish training" in log and "* accuracy:" in log
+    assert (out / name / "model.pth.tar-1").is_file()

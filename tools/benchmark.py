@@ -8,14 +8,13 @@ own blocks over all 77 tokens, one text pass per image, text features recomputed
 
 Usage: python tools/benchmark.py [--trainers CoOp CoCoOp MuDPT] [--train-classes 50 1000]
                                  [--eval-classes 100 1000] [--device cpu|cuda] [--tiny]
-Each figure is the median of --repeats timed runs after one warm-up; peak memory is the CUDA
-allocator's peak, or on CPU the peak resident memory of a fresh process doing one step.
+Each figure is the median of --repeats timed runs after one warm-up; --memory adds the peak
+memory one training step needs beyond the weights (CUDA allocator peak, or peak RSS on Linux).
 """
 import argparse
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -119,25 +118,42 @@ def measure_eval(name, classes, fast, args):
 
 
 def peak_memory_of_step(name, classes, fast, args):
-    """Peak memory (MiB) of one training step, in a fresh process on CPU."""
-    if args.device == "cuda":
-        device = torch.device("cuda")
-        model = build(name, classes, args.tiny, device)
-        set_fast_paths(model, fast)
-        step = train_step_fn(model, args.batch, device)
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        return torch.cuda.max_memory_allocated() / 2**20
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_cpu_peak_rss, (name, classes, fast, args))
+    """Memory (MiB) one training step adds at its peak over what was held before it (weights,
+    inputs): the CUDA allocator's peak, or on CPU the peak resident memory (VmHWM, reset through
+    /proc/self/clear_refs just before the step) of a fresh process, so that no memory freed by
+    an earlier measurement is reused."""
+    if args.device != "cuda":
+        with mp.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_cpu_step_peak, (name, classes, fast, args))
+    device = torch.device("cuda")
+    model = build(name, classes, args.tiny, device)
+    set_fast_paths(model, fast)
+    step = train_step_fn(model, args.batch, device)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
-def _cpu_peak_rss(name, classes, fast, args):
+def _cpu_step_peak(name, classes, fast, args):
     torch.set_num_threads(args.threads)
     model = build(name, classes, args.tiny, torch.device("cpu"))
     set_fast_paths(model, fast)
-    train_step_fn(model, args.batch, torch.device("cpu"))()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    step = train_step_fn(model, args.batch, torch.device("cpu"))
+    before = _proc_status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS counter to the current RSS
+    step()
+    return _proc_status_mib("VmHWM") - before
+
+
+def _proc_status_mib(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {key}: peak memory on CPU needs Linux")
 
 
 def ratio(slow, fast):
@@ -176,7 +192,7 @@ def main(argv=None):
             if args.memory:
                 off_mem = peak_memory_of_step(name, classes, False, args)
                 fast_mem = peak_memory_of_step(name, classes, True, args)
-                rows.append([name, f"peak memory of that step (MiB)", f"{off_mem:.0f}", f"{fast_mem:.0f}",
+                rows.append([name, "peak memory added by that step (MiB)", f"{off_mem:.0f}", f"{fast_mem:.0f}",
                              ratio(off_mem, fast_mem)])
                 print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
         for classes in args.eval_classes:

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from dassl.engine import TRAINER_REGISTRY
 
-from .clip_prompting import ClassPrompts, PromptedCLIP, PromptTuningTrainer, deep_prompt_hook, init_context
+from .clip_prompting import ClassPrompts, DeepPromptedCLIP, PromptTuningTrainer, init_context
 
 
 def extend_cfg(cfg):
@@ -58,21 +58,10 @@ class MaPLePromptLearner(nn.Module):
                 "visual": self.proj(self.ctx), "visual_deep": visual_deep}
 
 
-class MaPLeCLIP(PromptedCLIP):
+class MaPLeCLIP(DeepPromptedCLIP):
     def __init__(self, cfg, classnames, clip_model):
         super().__init__(clip_model)
         self.prompt_learner = MaPLePromptLearner(cfg, classnames, self.text_encoder, self.image_encoder)
-
-    def prompts(self):
-        return self.prompt_learner()
-
-    def encode_text(self, prompts):
-        hook = deep_prompt_hook(prompts["text_deep"], start=1)
-        return self.text_encoder(prompts["text"], self.prompt_learner.classes.eot_index, hook=hook)
-
-    def encode_image(self, images, prompts):
-        hook = deep_prompt_hook(prompts["visual_deep"], start=-self.prompt_learner.n_ctx)
-        return self.image_encoder(images, prompts["visual"], hook=hook)
 
 
 @TRAINER_REGISTRY.register()

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from dassl.engine import TRAINER_REGISTRY
 
-from .clip_prompting import ClassPrompts, PromptedCLIP, PromptTuningTrainer, deep_prompt_hook, init_context
+from .clip_prompting import ClassPrompts, DeepPromptedCLIP, PromptTuningTrainer, init_context
 from .clip_prompting.prompts import count_bpe_tokens
 
 INJECTIONS = ("transformer", "linear")
@@ -165,21 +165,10 @@ class MultimodalPromptLearner(nn.Module):
                 "visual": visual_shallow, "visual_deep": visual_deep}
 
 
-class MuDPTCLIP(PromptedCLIP):
+class MuDPTCLIP(DeepPromptedCLIP):
     def __init__(self, cfg, classnames, clip_model):
         super().__init__(clip_model)
         self.prompt_learner = MultimodalPromptLearner(cfg, classnames, self.text_encoder, self.image_encoder)
-
-    def prompts(self):
-        return self.prompt_learner()
-
-    def encode_text(self, prompts):
-        hook = deep_prompt_hook(prompts["text_deep"], start=1)  # slots right after SOS
-        return self.text_encoder(prompts["text"], self.prompt_learner.classes.eot_index, hook=hook)
-
-    def encode_image(self, images, prompts):
-        hook = deep_prompt_hook(prompts["visual_deep"], start=-self.prompt_learner.n_ctx)  # last n tokens
-        return self.image_encoder(images, prompts["visual"], hook=hook)
 
 
 @TRAINER_REGISTRY.register()

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
 
-from .clip_prompting import PromptedCLIP, PromptTuningTrainer, clean_classname, tokenize
+from .clip_prompting import PromptedCLIP, PromptTuningTrainer, clean_classname, template_text_features
 
 CUSTOM_TEMPLATES = {
     "OxfordPets": "a photo of a {}, a type of pet.",
@@ -41,15 +41,10 @@ class ZeroShotModel(PromptedCLIP):
 
     def __init__(self, clip_model, classnames, templates):
         super().__init__(clip_model)
-        features = []
-        with torch.no_grad():
-            for template in templates:
-                prompts = [template.format(clean_classname(c)) for c in classnames]
-                print(f"Prompts: {prompts}")
-                ids = tokenize(prompts).to(self.text_encoder.token_embedding.weight.device)
-                features.append(F.normalize(self.text_encoder.encode_ids(ids).float(), dim=-1))
-        self.register_buffer("fixed_text_features", F.normalize(torch.stack(features).mean(0), dim=-1),
-                             persistent=False)
+        for template in templates:
+            print(f"Prompts: {[template.format(clean_classname(c)) for c in classnames]}")
+        features = torch.stack([template_text_features(self.text_encoder, classnames, t) for t in templates])
+        self.register_buffer("fixed_text_features", F.normalize(features.mean(0), dim=-1), persistent=False)
 
     def text_features(self):
         return self.fixed_text_features

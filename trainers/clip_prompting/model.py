@@ -1,9 +1,8 @@
 """Base module of a prompt-tuned CLIP: frozen encoders + a method's learnable prompts."""
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .encoders import ImageEncoder, TextEncoder
+from .encoders import ImageEncoder, TextEncoder, deep_prompt_hook
 
 
 class PromptedCLIP(nn.Module):
@@ -50,3 +49,24 @@ class PromptedCLIP(nn.Module):
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
+
+
+class DeepPromptedCLIP(PromptedCLIP):
+    """CLIP with deep prompts in both towers, produced by ``self.prompt_learner``.
+
+    The learner returns {"text": (C, 77, D) embeddings with the shallow text prompt after SOS,
+    "text_deep": (D-1, n, d_t), "visual": (n, d_v) appended after the patches, "visual_deep":
+    (D-1, n, d_v)} and has ``classes`` (ClassPrompts) and ``n_ctx``. Deep text prompts replace
+    the n slots after SOS, deep visual prompts the last n tokens, before blocks 1..D-1.
+    """
+
+    def prompts(self):
+        return self.prompt_learner()
+
+    def encode_text(self, prompts):
+        hook = deep_prompt_hook(prompts["text_deep"], start=1)
+        return self.text_encoder(prompts["text"], self.prompt_learner.classes.eot_index, hook=hook)
+
+    def encode_image(self, images, prompts):
+        hook = deep_prompt_hook(prompts["visual_deep"], start=-self.prompt_learner.n_ctx)
+        return self.image_encoder(images, prompts["visual"], hook=hook)

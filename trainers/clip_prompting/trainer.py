@@ -5,7 +5,6 @@ A method subclass names its config node and checkpoint name and builds its
 and cached evaluation live here once.
 """
 import contextlib
-import warnings
 
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,40 @@
+"""Every trainer's exact fast paths: logits equal the straightforward implementation."""
+import importlib
+
+import pytest
+import torch
+
+import trainers
+from dassl.config import get_cfg_default
+from trainers.clip_prompting import set_fast_paths
+
+CLASSNAMES = ["dog", "sea_lion", "airliner", "golden retriever", "tabby cat"]
+MODELS = [
+    ("trainers.coop", "CoOpCLIP"), ("trainers.cocoop", "CoCoOpCLIP"), ("trainers.mudpt", "MuDPTCLIP"),
+    ("trainers.vpt", "VPTCLIP"), ("trainers.ivlp", "IVLPCLIP"), ("trainers.maple", "MaPLeCLIP"),
+    ("trainers.dcp", "DCPCLIP"), ("trainers.dpt", "DPTCLIP"),
+]
+
+
+def build(module, cls, clip_model):
+    cfg = get_cfg_default()
+    trainers.extend_cfg(cfg)
+    torch.manual_seed(0)
+    return getattr(importlib.import_module(module), cls)(cfg, CLASSNAMES, clip_model).eval()
+
+
+@pytest.mark.parametrize("module, cls", MODELS, ids=[m[1] for m in MODELS])
+def test_fast_paths_give_the_reference_logits(tiny_clip_model, module, cls):
+    model = build(module, cls, tiny_clip_model)
+    images = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        fast = model(images)
+        set_fast_paths(model, False)
+        reference = model(images)
+        set_fast_paths(model, True)
+        assert fast.shape == (3, len(CLASSNAMES))
+        assert (fast - reference).abs().max() < 1e-5
+        if not model.text_depends_on_image:  # evaluation computes text features once, then reuses them
+            cached = model.text_features()
+            assert torch.equal(model(images, text_features=cached).argmax(1), fast.argmax(1))
+            assert (model(images, text_features=cached) - fast).abs().max() < 1e-5
