@@ -147,3 +147,13 @@ def test_peer_methods_train_end_to_end(data_root, tiny_clip_path, tmp_path, trai
                     opts=("OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "4", "DATASET.SUBSAMPLE_CLASSES", "base"))
     assert "Finish training" in log and "* accuracy:" in log
     assert (out / name / "model.pth.tar-1").is_file()
+
+
+def test_mudpt_mixed_precision_trains_with_finite_loss(data_root, tiny_clip_path, tmp_path):
+    out = tmp_path / "amp"
+    log = run_train(data_root, tiny_clip_path, out, "MuDPT", "vit_b16_bz4_ep10_nctx4_depth12",
+                    opts=("OPTIM.MAX_EPOCH", "1", "TRAINER.MUDPT.PREC", "amp"))
+    losses = [float(line.split(" loss ")[1].split()[0]) for line in log.splitlines() if line.startswith("epoch [")]
+    assert losses and all(loss == loss and loss < 1e4 for loss in losses)  # no NaN, no blow-up
+    state = torch.load(out / "MultimodalDeepPromptTuning" / "model.pth.tar-1", weights_only=True)["state_dict"]
+    assert all(v.dtype == torch.float32 for v in state.values())  # parameters stay fp32 under autocast
