@@ -120,6 +120,9 @@ def run_tables(args):
             continue  # built only for the plot
         print(to_markdown(table))
         printed.append(table)
+    if printed:
+        from results.provenance import provenance_markdown
+        print(provenance_markdown(runs))
     if args.csv and printed:
         atomic_write_text(args.csv, to_csv(printed))
     if args.latex and printed:
