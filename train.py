@@ -14,7 +14,6 @@ import torch
 
 import datasets  # noqa: F401  (registers every dataset)
 import trainers
-from dassl.config import get_cfg_default
 from dassl.engine import build_trainer
 from dassl.utils import collect_env_info, set_deterministic, set_random_seed, setup_logger
 
@@ -76,8 +75,7 @@ def check_file(path, flag):
 
 
 def setup_cfg(args):
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
+    cfg = trainers.build_cfg()
     check_file(args.dataset_config_file, "--dataset-config-file")
     check_file(args.config_file, "--config-file")
     if args.dataset_config_file:

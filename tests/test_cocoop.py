@@ -2,7 +2,6 @@
 import torch
 
 import trainers
-from dassl.config import get_cfg_default
 from trainers.clip_prompting import set_fast_paths, vit_b16_shaped_clip
 from trainers.cocoop import CoCoOpCLIP
 
@@ -10,11 +9,7 @@ CLASSNAMES = ["dog", "sea_lion", "airliner", "golden retriever"]
 
 
 def cocoop_cfg(n_ctx=4, ctx_init="a photo of a"):
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    cfg.TRAINER.COCOOP.N_CTX = n_ctx
-    cfg.TRAINER.COCOOP.CTX_INIT = ctx_init
-    return cfg
+    return trainers.build_cfg("COCOOP", N_CTX=n_ctx, CTX_INIT=ctx_init)
 
 
 def test_batched_text_pass_equals_per_image_loop(tiny_clip_model):

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 import trainers
-from dassl.config import get_cfg_default
 from trainers.clip_prompting import tokenize
 from trainers.coop import CoOpCLIP
 
@@ -11,11 +10,7 @@ CLASSNAMES = ["dog", "sea_lion", "golden retriever"]
 
 
 def coop(clip_model, **keys):
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    for key, value in keys.items():
-        setattr(cfg.TRAINER.COOP, key, value)
-    return CoOpCLIP(cfg, CLASSNAMES, clip_model)
+    return CoOpCLIP(trainers.build_cfg("COOP", **keys), CLASSNAMES, clip_model)
 
 
 @pytest.mark.parametrize("position, text", [

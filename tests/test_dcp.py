@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 import trainers
-from dassl.config import get_cfg_default
 from trainers.clip_prompting import vit_b16_shaped_clip
 from trainers.clip_prompting.encoders import run_blocks
 from trainers.dcp import DCPCLIP
@@ -16,11 +15,7 @@ RELEASED = {"FUSING": "mean", "UPDATE_TEXT": False}
 
 
 def make_cfg(node="DCP", **keys):
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    for key, value in keys.items():
-        setattr(getattr(cfg.TRAINER, node), key, value)
-    return cfg
+    return trainers.build_cfg(node, **keys)
 
 
 def count(module):

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 import trainers
-from dassl.config import get_cfg_default
 from dassl.engine.trainer import TrainerBase
 from dassl.utils.torchtools import load_trainable_state_dict, trainable_state_dict
 from trainers.clip_prompting import tokenize, vit_b16_shaped_clip
@@ -15,12 +14,8 @@ CLASSNAMES = ["dog", "sea_lion", "airliner"]
 
 
 def make_cfg(**keys):
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    cfg.TRAINER.DPT.N_CTX, cfg.TRAINER.DPT.VPT_N_CTX, cfg.TRAINER.DPT.CPN = 4, 3, 2  # small for the tiny CLIP
-    for key, value in keys.items():
-        setattr(cfg.TRAINER.DPT, key, value)
-    return cfg
+    small = {"N_CTX": 4, "VPT_N_CTX": 3, "CPN": 2}  # small for the tiny CLIP
+    return trainers.build_cfg("DPT", **{**small, **keys})
 
 
 def count(module):

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import trainers
-from dassl.config import get_cfg_default
 from trainers.clip_prompting import set_fast_paths
 
 CLASSNAMES = ["dog", "sea_lion", "airliner", "golden retriever", "tabby cat"]
@@ -17,10 +16,8 @@ MODELS = [
 
 
 def build(module, cls, clip_model):
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
     torch.manual_seed(0)
-    return getattr(importlib.import_module(module), cls)(cfg, CLASSNAMES, clip_model).eval()
+    return getattr(importlib.import_module(module), cls)(trainers.build_cfg(), CLASSNAMES, clip_model).eval()
 
 
 @pytest.mark.parametrize("module, cls", MODELS, ids=[m[1] for m in MODELS])

@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 
 import trainers
-from dassl.config import get_cfg_default
 from trainers.clip_prompting import vit_b16_shaped_clip
 from trainers.coop import CoOpCLIP
 from trainers.mudpt import MuDPTCLIP
@@ -13,11 +12,7 @@ CLASSNAMES = ["dog", "sea_lion", "airliner"]
 
 
 def mudpt_cfg(**keys):
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    for key, value in keys.items():
-        setattr(cfg.TRAINER.MUDPT, key, value)
-    return cfg
+    return trainers.build_cfg("MUDPT", **keys)
 
 
 def count(module):
@@ -141,3 +136,9 @@ def test_depth_one_text_side_equals_coop_with_the_same_context(tiny_clip_model):
 def test_bad_config_gives_a_clear_error(tiny_clip_model, keys, message):
     with pytest.raises(ValueError, match="TRAINER.MUDPT: " + message.replace("(", r"\(")):
         MuDPTCLIP(mudpt_cfg(**keys), CLASSNAMES, tiny_clip_model)
+
+
+def test_build_cfg_refuses_a_misspelt_method_key():
+    assert trainers.build_cfg("MUDPT", N_CTX=2).TRAINER.MUDPT.N_CTX == 2
+    with pytest.raises(KeyError, match="TRAINER.MUDPT.DEPTH"):
+        trainers.build_cfg("MUDPT", DEPTH=3)

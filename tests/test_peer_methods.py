@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 
 import trainers
-from dassl.config import get_cfg_default
 from trainers.clip_prompting import deep_prompt_hook, tokenize, vit_b16_shaped_clip
 from trainers.ivlp import IVLP, IVLPCLIP
 from trainers.maple import MaPLeCLIP
@@ -15,11 +14,7 @@ CLASSNAMES = ["dog", "sea_lion", "airliner"]
 
 
 def make_cfg(node, **keys):
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    for key, value in keys.items():
-        setattr(getattr(cfg.TRAINER, node), key, value)
-    return cfg
+    return trainers.build_cfg(node, **keys)
 
 
 def count(module):

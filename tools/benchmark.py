@@ -26,14 +26,13 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 import trainers  # noqa: E402
-from dassl.config import get_cfg_default  # noqa: E402
 from trainers.clip_prompting import set_fast_paths, tiny_clip, vit_b16_shaped_clip  # noqa: E402
 
-# Trainer name -> (model class, config overrides as in its paper config)
+# Trainer name -> (module, model class, (config node, overrides as in its paper config))
 MODELS = {
-    "CoOp": ("trainers.coop", "CoOpCLIP", {"COOP": {"N_CTX": 16}}),
-    "CoCoOp": ("trainers.cocoop", "CoCoOpCLIP", {"COCOOP": {"N_CTX": 4, "CTX_INIT": "a photo of a"}}),
-    "MuDPT": ("trainers.mudpt", "MuDPTCLIP", {}),
+    "CoOp": ("trainers.coop", "CoOpCLIP", ("COOP", {"N_CTX": 16})),
+    "CoCoOp": ("trainers.cocoop", "CoCoOpCLIP", ("COCOOP", {"N_CTX": 4, "CTX_INIT": "a photo of a"})),
+    "MuDPT": ("trainers.mudpt", "MuDPTCLIP", ("MUDPT", {})),
 }
 WORDS = ["golden", "retriever", "sea", "lion", "air", "liner", "red", "maple", "tree", "sports", "car",
          "tabby", "cat", "garden", "spider", "steam", "engine", "paper", "towel", "bell", "pepper"]
@@ -48,11 +47,8 @@ def classnames(count):
 def build(name, num_classes, tiny, device):
     import importlib
     module, cls, overrides = MODELS[name]
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    for node, keys in overrides.items():
-        for key, value in keys.items():
-            setattr(getattr(cfg.TRAINER, node), key, value)
+    node, keys = overrides
+    cfg = trainers.build_cfg(node, **keys)
     clip_model = tiny_clip() if tiny else vit_b16_shaped_clip()
     model = getattr(importlib.import_module(module), cls)(cfg, classnames(num_classes), clip_model)
     return model.to(device)
