@@ -12,15 +12,21 @@ AVAILABLE_SAMPLERS = ["RandomSampler", "SequentialSampler", "RandomDomainSampler
                       "SeqDomainSampler", "RandomClassSampler"]
 
 
+def indices_by(data_source, field):
+    """{value of ``field`` (domain, label): [indices of its items]}, in order of first appearance."""
+    groups = defaultdict(list)
+    for i, item in enumerate(data_source):
+        groups[getattr(item, field)].append(i)
+    return groups
+
+
 class RandomDomainSampler(Sampler):
     """Each batch holds ``batch_size // n_domain`` random items from each of
     ``n_domain`` randomly chosen domains (all domains when ``n_domain <= 0``)."""
 
     def __init__(self, data_source, batch_size, n_domain):
         self.data_source = data_source
-        self.domain_dict = defaultdict(list)
-        for i, item in enumerate(data_source):
-            self.domain_dict[item.domain].append(i)
+        self.domain_dict = indices_by(data_source, "domain")
         self.domains = list(self.domain_dict.keys())
         if n_domain is None or n_domain <= 0:
             n_domain = len(self.domains)
@@ -60,9 +66,7 @@ class SeqDomainSampler(Sampler):
 
     def __init__(self, data_source, batch_size):
         self.data_source = data_source
-        self.domain_dict = defaultdict(list)
-        for i, item in enumerate(data_source):
-            self.domain_dict[item.domain].append(i)
+        self.domain_dict = indices_by(data_source, "domain")
         self.domains = sorted(self.domain_dict.keys())
         n_domain = len(self.domains)
         if n_domain == 0 or batch_size % n_domain != 0:
@@ -107,9 +111,7 @@ class RandomClassSampler(Sampler):
         self.batch_size = batch_size
         self.n_ins = n_ins
         self.ncls_per_batch = self.batch_size // self.n_ins
-        self.index_dic = defaultdict(list)
-        for index, item in enumerate(data_source):
-            self.index_dic[item.label].append(index)
+        self.index_dic = indices_by(data_source, "label")
         self.labels = list(self.index_dic.keys())
         if len(self.labels) < self.ncls_per_batch:
             raise ValueError(
