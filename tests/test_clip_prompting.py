@@ -135,3 +135,15 @@ def test_half_precision_clip_runs_the_prompt_aware_forward(tiny_clip_path):
     except RuntimeError as exc:  # some CPU builds lack half kernels; GPUs have them
         pytest.skip(f"fp16 kernels unavailable on this CPU: {exc}")
     assert features.dtype == torch.float16 and torch.isfinite(features).all()
+
+
+def test_visual_prompt_methods_refuse_a_resnet_backbone():
+    from trainers.clip_prompting.loading import build_clip
+    resnet = build_clip(64, 64, (1, 1, 1, 1), 64, None, transformer_width=64, transformer_layers=2)
+    encoder = ImageEncoder(resnet)
+    assert encoder(torch.randn(1, 3, 64, 64)).shape == (1, 64)  # plain features still work
+    with pytest.raises(ValueError, match=r"TRAINER.MUDPT: visual prompts need a ViT backbone "
+                                         r"\(MODEL.BACKBONE.NAME is RN50\)"):
+        encoder.require_vit("TRAINER.MUDPT", "RN50")
+    with pytest.raises(ValueError, match="ResNet CLIP backbones support text-side methods only"):
+        encoder(torch.randn(1, 3, 64, 64), prompts=torch.zeros(2, 64))

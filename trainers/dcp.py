@@ -105,9 +105,7 @@ class DCPPromptLearner(nn.Module):
     def __init__(self, cfg, classnames, text_encoder, image_encoder):
         super().__init__()
         c = cfg.TRAINER.DCP
-        if not image_encoder.is_vit:
-            raise ValueError("TRAINER.DCP: DCP inserts visual prompts and needs a ViT backbone "
-                             f"(MODEL.BACKBONE.NAME is {cfg.MODEL.BACKBONE.NAME}); use e.g. ViT-B/16.")
+        image_encoder.require_vit("TRAINER.DCP", cfg.MODEL.BACKBONE.NAME)
         check_dcp_cfg(c, min(text_encoder.num_layers, image_encoder.num_layers))
         n, d_t, d_v = c.N_CTX, text_encoder.width, image_encoder.width
         ctx, prefix = init_context(text_encoder, n, c.CTX_INIT, owner="TRAINER.DCP")

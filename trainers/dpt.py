@@ -151,9 +151,7 @@ class DPTCLIP(PromptedCLIP):
     def __init__(self, cfg, classnames, clip_model):
         super().__init__(clip_model)
         c = cfg.TRAINER.DPT
-        if not self.image_encoder.is_vit:
-            raise ValueError("TRAINER.DPT: DPT inserts visual prompts and needs a ViT backbone "
-                             f"(MODEL.BACKBONE.NAME is {cfg.MODEL.BACKBONE.NAME}); use e.g. ViT-B/16.")
+        self.image_encoder.require_vit("TRAINER.DPT", cfg.MODEL.BACKBONE.NAME)
         layers = self.image_encoder.num_layers
         check_dpt_cfg(c, layers)
         width, embed_dim = self.image_encoder.width, clip_model.text_projection.shape[1]

@@ -65,9 +65,8 @@ class IVLPPromptLearner(nn.Module):
         c = cfg.TRAINER.IVLP
         check_prompt_depth("IVLP", "PROMPT_DEPTH_TEXT", c.PROMPT_DEPTH_TEXT, "N_CTX_TEXT", c.N_CTX_TEXT,
                            text_encoder.num_layers)
-        if c.PROMPT_DEPTH_VISION and not image_encoder.is_vit:
-            raise ValueError("TRAINER.IVLP: visual prompts need a ViT backbone (MODEL.BACKBONE.NAME is "
-                             f"{cfg.MODEL.BACKBONE.NAME}); use e.g. ViT-B/16, or PROMPT_DEPTH_VISION 0.")
+        if c.PROMPT_DEPTH_VISION:
+            image_encoder.require_vit("TRAINER.IVLP", cfg.MODEL.BACKBONE.NAME, ", or PROMPT_DEPTH_VISION 0")
         check_prompt_depth("IVLP", "PROMPT_DEPTH_VISION", c.PROMPT_DEPTH_VISION, "N_CTX_VISION", c.N_CTX_VISION,
                            image_encoder.num_layers)
         self.text = self.vision = None

@@ -29,9 +29,7 @@ class MaPLePromptLearner(nn.Module):
     def __init__(self, cfg, classnames, text_encoder, image_encoder):
         super().__init__()
         c = cfg.TRAINER.MAPLE
-        if not image_encoder.is_vit:
-            raise ValueError("TRAINER.MAPLE: MaPLe inserts visual prompts and needs a ViT backbone "
-                             f"(MODEL.BACKBONE.NAME is {cfg.MODEL.BACKBONE.NAME}); use e.g. ViT-B/16.")
+        image_encoder.require_vit("TRAINER.MAPLE", cfg.MODEL.BACKBONE.NAME)
         layers = min(text_encoder.num_layers, image_encoder.num_layers)
         if not 1 <= c.PROMPT_DEPTH <= layers:
             raise ValueError(f"TRAINER.MAPLE: PROMPT_DEPTH is {c.PROMPT_DEPTH}, but this CLIP has {layers} layers "

@@ -112,9 +112,7 @@ class MultimodalPromptLearner(nn.Module):
     def __init__(self, cfg, classnames, text_encoder, image_encoder):
         super().__init__()
         c = cfg.TRAINER.MUDPT
-        if not image_encoder.is_vit:
-            raise ValueError("MuDPT inserts visual prompts and needs a ViT backbone "
-                             f"(MODEL.BACKBONE.NAME is {cfg.MODEL.BACKBONE.NAME}); use e.g. ViT-B/16.")
+        image_encoder.require_vit("TRAINER.MUDPT", cfg.MODEL.BACKBONE.NAME)
         check_mudpt_cfg(c, text_encoder.num_layers, image_encoder.num_layers)
         n, depth = c.N_CTX, c.DEEP_PROMPT_DEPTH
         d_t, d_v = text_encoder.width, image_encoder.width

@@ -25,9 +25,7 @@ class VPTCLIP(PromptedCLIP):
     def __init__(self, cfg, classnames, clip_model):
         super().__init__(clip_model)
         c = cfg.TRAINER.VPT
-        if not self.image_encoder.is_vit:
-            raise ValueError("TRAINER.VPT: visual prompts need a ViT backbone (MODEL.BACKBONE.NAME is "
-                             f"{cfg.MODEL.BACKBONE.NAME}); use e.g. ViT-B/16.")
+        self.image_encoder.require_vit("TRAINER.VPT", cfg.MODEL.BACKBONE.NAME)
         check_prompt_depth("VPT", "PROMPT_DEPTH_VISION", c.PROMPT_DEPTH_VISION, "N_CTX_VISION", c.N_CTX_VISION,
                            self.image_encoder.num_layers)
         self.prompt_learner = None

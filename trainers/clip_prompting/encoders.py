@@ -131,6 +131,13 @@ class ImageEncoder(nn.Module):
     def num_layers(self):
         return len(self.visual.transformer.resblocks) if self.is_vit else 0
 
+    def require_vit(self, owner, backbone="", alternative=""):
+        """The one error for a method that inserts visual prompts into a ResNet backbone."""
+        if not self.is_vit:
+            name = f" (MODEL.BACKBONE.NAME is {backbone})" if backbone else ""
+            raise ValueError(f"{owner}: visual prompts need a ViT backbone{name}; use e.g. ViT-B/16{alternative}. "
+                             "ResNet CLIP backbones support text-side methods only.")
+
     def tokens(self, images):
         """Patch tokens with CLS and positional embedding: (B, 1 + patches, D)."""
         v = self.visual
@@ -142,8 +149,7 @@ class ImageEncoder(nn.Module):
         """images (B, 3, H, W); prompts (n, D) or (B, n, D) appended before ln_pre."""
         if not self.is_vit:
             if prompts is not None or hook is not None:
-                raise ValueError("Visual prompts need a ViT backbone (e.g. MODEL.BACKBONE.NAME ViT-B/16); "
-                                 "ResNet CLIP backbones support text-side methods only.")
+                self.require_vit("ImageEncoder")
             return self.visual(images.type(self.dtype))
         x = self.tokens(images)
         if prompts is not None:
