@@ -10,8 +10,9 @@ Seed summary (same flags and output lines as CoOp's parse_test_res.py):
 
 Paper tables from everything under an output root:
 
-    python parse_test_res.py --tables output [--table base2new] [--paper]
-                             [--csv tables.csv] [--latex tables.tex] [--plot fig5.png]
+    python parse_test_res.py --tables output [--table base2new] [--paper] [--seeds 1 2 3]
+                             [--outlier 10] [--shots 16] [--csv tables.csv] [--latex tables.tex]
+                             [--plot fig5.png]
 """
 import argparse
 import json
@@ -51,7 +52,13 @@ def build_parser():
                              "domain_generalization (repeatable)")
     tables.add_argument("--paper", action="store_true",
                         help="add rows with the published numbers")
-    tables.add_argument("--shots", type=int, default=16, help="shots of the runs to tabulate")
+    tables.add_argument("--shots", type=int, default=16,
+                        help="shots of the few-shot table (Table I); base-to-new, cross-dataset "
+                             "and DG keep their protocol's 16")
+    tables.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                        help="average only these seeds (default: every seed found)")
+    tables.add_argument("--outlier", type=float, default=10.0, metavar="P",
+                        help="flag a seed more than P points from its cell's median (default 10)")
     tables.add_argument("--all-datasets", action="store_true",
                         help="show every dataset column, also those without runs")
     tables.add_argument("--latex", metavar="FILE", help="also write the tables as LaTeX")
@@ -99,7 +106,7 @@ def run_tables(args):
     from results.collect import collect_runs
     from results.render import to_csv, to_latex, to_markdown
     from results.tables import (BASE2NEW_TABLE, TABLE_KEYS, TITLES, build_tables,
-                                resolve_table_name)
+                                resolve_table_name, select_seeds, table_shots)
 
     try:
         keys = [resolve_table_name(n) for n in args.table] if args.table else list(TABLE_KEYS)
@@ -108,12 +115,17 @@ def run_tables(args):
         fail(str(error))
     if args.plot and BASE2NEW_TABLE not in keys:
         keys.append(BASE2NEW_TABLE)
+    if args.outlier < 0:
+        fail(f"--outlier {args.outlier}: give the margin in accuracy points, 0 or more.")
+    absent = sorted(set(args.seeds or ()) - {run.seed for run in runs})
+    if absent:
+        print(f"Warning: no runs of seed {', '.join(map(str, absent))} under {args.tables}.", file=sys.stderr)
     tables = build_tables(runs, keys, shots=args.shots, paper=args.paper,
-                          all_datasets=args.all_datasets)
+                          all_datasets=args.all_datasets, seeds=args.seeds, outlier=args.outlier)
     printed = []
     for key, table in tables.items():
         if table is None:
-            title = TITLES[key].format(shots=args.shots)
+            title = TITLES[key].format(shots=table_shots(key, args.shots))
             print(f"{title}: no runs under {args.tables}, skipped.\n")
             continue
         if args.table and key not in [resolve_table_name(n) for n in args.table]:
@@ -122,7 +134,7 @@ def run_tables(args):
         printed.append(table)
     if printed:
         from results.provenance import provenance_markdown
-        print(provenance_markdown(runs))
+        print(provenance_markdown(select_seeds(runs, args.seeds)))
     if args.csv and printed:
         atomic_write_text(args.csv, to_csv(printed))
     if args.latex and printed:

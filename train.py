@@ -4,18 +4,15 @@ python train.py --root DATA --seed 1 --trainer MuDPT \
     --dataset-config-file configs/datasets/caltech101.yaml \
     --config-file configs/trainers/MuDPT/vit_b16_bz4_ep10_nctx4_depth12.yaml \
     --output-dir output/run [--eval-only --model-dir DIR --load-epoch N] [KEY VALUE ...]
+
+torchrun --nproc_per_node N train.py ... runs the same command on N processes (one run).
 """
 import argparse
 import os
+import re
 import sys
 
-import dassl  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
-import torch
-
-import datasets  # noqa: F401  (registers every dataset)
-import trainers
-from dassl.engine import build_trainer
-from dassl.utils import collect_env_info, set_deterministic, set_random_seed, setup_logger
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def parse_args(argv=None):
@@ -37,12 +34,68 @@ def parse_args(argv=None):
     p.add_argument("--eval-only", "--eval_only", dest="eval_only", action="store_true", help="evaluation only")
     p.add_argument("--model-dir", "--model_dir", dest="model_dir", default="", help="load the model from here")
     p.add_argument("--load-epoch", "--load_epoch", dest="load_epoch", type=int,
-                   help="load model.pth.tar-N (default: model-best.pth.tar)")
+                   help="load model.pth.tar-N (default: model-best.pth.tar, else the newest checkpoint)")
     p.add_argument("--no-train", "--no_train", dest="no_train", action="store_true", help="do not call trainer.train()")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="config options as KEY VALUE pairs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    flags = {s for action in p._actions for s in action.option_strings}
+    misplaced = [o for o in args.opts or [] if o.split("=")[0] in flags]
+    if misplaced:
+        p.error(f"{misplaced[0]} comes after the KEY VALUE options, where it would be read as a config "
+                f"value; move it before them (e.g. train.py {misplaced[0]} ... KEY VALUE).")
+    return args
 
 
+# ------------------------------------------------------------- checks before any heavy import
+def _registered_names(package, registry):
+    """Class names registered with ``@<registry>.register()`` in the project's package folder,
+    read from the source: a misspelt name fails in a fraction of a second, before torch loads."""
+    folder = os.path.join(ROOT, package)
+    pattern = re.compile(r"@%s\.register\(\)\s*\n\s*class\s+(\w+)" % registry)
+    names = set()
+    for dirpath, _, files in os.walk(folder):
+        for fname in files:
+            if fname.endswith(".py"):
+                with open(os.path.join(dirpath, fname), encoding="utf-8") as f:
+                    names.update(pattern.findall(f.read()))
+    return names
+
+
+def _require_registered(kind, package, name, names, where):
+    import difflib
+    if not names or name in names:  # an empty scan (unusual layout) defers to the real registry
+        return
+    close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.5)
+    hint = f"; do you mean [{close[0]}]?" if close else "."
+    raise ValueError(f"Unknown {kind} [{name}] ({where}){hint} Available: {', '.join(sorted(names))}. "
+                     f"A {kind} is registered by a module in the project's {package}/ package.")
+
+
+def quick_checks(args):
+    """What can be checked without torch: files exist, trainer and dataset names are known."""
+    for path, flag in ((args.dataset_config_file, "--dataset-config-file"), (args.config_file, "--config-file")):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f'{flag} "{path}" does not exist. Config files live under '
+                                    "configs/datasets/ and configs/trainers/<Trainer>/.")
+    opts = dict(zip((args.opts or [])[::2], (args.opts or [])[1::2]))
+    trainer = opts.get("TRAINER.NAME", args.trainer)
+    if trainer:
+        where = "TRAINER.NAME" if "TRAINER.NAME" in opts else "--trainer"
+        _require_registered("trainer", "trainers", trainer,
+                            _registered_names("trainers", "TRAINER_REGISTRY"), where)
+    dataset, where = opts.get("DATASET.NAME"), "DATASET.NAME"
+    if dataset is None and args.dataset_config_file:
+        import yaml
+        with open(args.dataset_config_file) as f:
+            content = yaml.safe_load(f) or {}
+        dataset = (content.get("DATASET") or {}).get("NAME") if isinstance(content, dict) else None
+        where = f"DATASET.NAME in {args.dataset_config_file}"
+    if dataset:
+        _require_registered("dataset", "datasets", dataset,
+                            _registered_names("datasets", "DATASET_REGISTRY"), where)
+
+
+# ------------------------------------------------------------- config and run
 def reset_cfg(cfg, args):
     if args.root:
         cfg.DATASET.ROOT = args.root
@@ -68,16 +121,9 @@ def reset_cfg(cfg, args):
         cfg.MODEL.HEAD.NAME = args.head
 
 
-def check_file(path, flag):
-    if path and not os.path.isfile(path):
-        raise FileNotFoundError(f'{flag} "{path}" does not exist. Config files live under configs/datasets/ '
-                                "and configs/trainers/<Trainer>/.")
-
-
 def setup_cfg(args):
+    import trainers
     cfg = trainers.build_cfg()
-    check_file(args.dataset_config_file, "--dataset-config-file")
-    check_file(args.config_file, "--config-file")
     if args.dataset_config_file:
         cfg.merge_from_file(args.dataset_config_file)
     if args.config_file:
@@ -101,9 +147,38 @@ def print_args(args, cfg):
 
 
 def prepare(args):
-    """Everything that depends only on the user's input: config, logger, trainer, weights."""
+    """Everything that depends only on the user's input: config, output folder, logger, trainer,
+    weights. In a torchrun run only rank 0 locks the folder and writes; the others stay silent."""
+    import dassl  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
+    import torch
+    import warnings
+
+    import datasets  # noqa: F401  (registers every dataset)
+    from dassl.engine import build_trainer
+    from dassl.engine.run_identity import check_identity, identity_from_output_folder, run_identity
+    from dassl.utils import (atomic_write_text, collect_env_info, set_deterministic, set_random_seed,
+                             setup_logger)
+    from dassl.utils.distributed import init_distributed, is_main_process
+    from dassl.utils.run_lock import OutputLock
+
     cfg = setup_cfg(args)
-    setup_logger(cfg.OUTPUT_DIR)  # before seeding, so the seed line is in log.txt
+    init_distributed(cfg.USE_CUDA)
+    lock = None
+    if is_main_process():
+        lock = OutputLock(cfg.OUTPUT_DIR).acquire()
+        try:
+            # Before anything is written: the folder must not hold another run.
+            check_identity(identity_from_output_folder(cfg.OUTPUT_DIR), run_identity(cfg, args.config_file),
+                           f'The output folder "{cfg.OUTPUT_DIR}"', "use it for this run")
+            setup_logger(cfg.OUTPUT_DIR)  # before seeding, so the seed line is in log.txt
+            # The full effective config, machine-readable: predict.py and the tables read it.
+            atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+        except BaseException:
+            lock.release()
+            raise
+    else:  # other ranks print nothing but errors
+        sys.stdout = open(os.devnull, "w")
+        warnings.filterwarnings("ignore")
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -115,36 +190,81 @@ def prepare(args):
     print("Collecting env info ...")
     print(f"** System info **\n{collect_env_info()}\n")
     trainer = build_trainer(cfg)
+    trainer.output_lock = lock
+    trainer.identity = run_identity(cfg, args.config_file, getattr(getattr(trainer, "dm", None), "dataset", None))
+    check_identity(identity_from_output_folder(cfg.OUTPUT_DIR), trainer.identity,
+                   f'The output folder "{cfg.OUTPUT_DIR}"', "use it for this run")
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
     return trainer
 
 
 def run(trainer, args):
-    if args.eval_only:
-        trainer.test()
-        trainer.write_final_results()
-    elif not args.no_train:
-        trainer.train()
+    try:
+        if args.eval_only:
+            trainer.test()
+            trainer.write_final_results()
+        elif not args.no_train:
+            trainer.train()
+    finally:
+        release_lock(trainer)
+
+
+def release_lock(trainer):
+    lock = getattr(trainer, "output_lock", None)
+    if lock is not None:
+        lock.release()
 
 
 # Bad input (unknown key, trainer or dataset, missing file) surfaces as one of these while
-# preparing; show the message alone. Errors during training keep their traceback.
+# preparing; show the message alone. Errors during training keep their traceback, except the
+# project's UserInputError (a checkpoint or folder of another run, found when resuming).
 USER_ERRORS = (KeyError, ValueError, FileNotFoundError, TypeError, AssertionError)
+
+
+def finish_distributed():
+    import torch.distributed
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def fail(message, code):
+    print(f"train.py: error: {message}", file=sys.stderr)
+    if code == 2:
+        print("(set TRAIN_DEBUG=1 for the full traceback)", file=sys.stderr)
+    sys.exit(code)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    debug = bool(os.environ.get("TRAIN_DEBUG"))
+    try:
+        quick_checks(args)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(exc, 2)
+    from dassl.engine.interrupt import TrainingInterrupted
+    from dassl.utils.errors import OutputWriteError, UserInputError
     try:
         trainer = prepare(args)
-    except USER_ERRORS as exc:
-        if os.environ.get("TRAIN_DEBUG"):
+    except USER_ERRORS + (UserInputError,) as exc:
+        if debug:
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"train.py: error: {message}", file=sys.stderr)
-        print("(set TRAIN_DEBUG=1 for the full traceback)", file=sys.stderr)
-        sys.exit(2)
-    run(trainer, args)
+        fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc, 2)
+    except OutputWriteError as exc:
+        fail(exc, 2)
+    except KeyboardInterrupt:
+        fail("interrupted before training started; nothing was trained.", 130)
+    try:
+        run(trainer, args)
+        finish_distributed()
+    except TrainingInterrupted as exc:
+        fail(exc, 128 + int(exc.signum))
+    except UserInputError as exc:
+        if debug:
+            raise
+        fail(exc, 2)
+    except OutputWriteError as exc:
+        fail(exc, 1)
 
 
 if __name__ == "__main__":

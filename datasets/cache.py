@@ -1,27 +1,36 @@
-"""Pickled image-list caches: few-shot samples and ImageNet's ``preprocessed.pkl``.
+"""Image-list caches: few-shot samples and ImageNet's folder lists.
 
-File names and meaning are those of the original engine, but the content is
-portable and checked:
+The original engine pickles ``{"train": [Datum], ...}`` with absolute paths into
+``split_fewshot/shot_{K}-seed_{S}.pkl`` and ``imagenet/preprocessed.pkl``. Many users
+share one data folder between several code bases, so such a ``.pkl`` is only ever
+read here, never written, changed or replaced. Ours is a JSON file beside it
+(``shot_{K}-seed_{S}.json``, ``preprocessed.json``):
 
-* image paths are stored relative to the dataset folder and re-joined with the
-  current folder on load, so moving ``DATASET.ROOT`` keeps the cache valid;
-* a header records what the cache was built from (dataset, a hash of the lists it
-  was sampled from, shots, seed); a mismatch, a missing image or an unreadable
-  file makes the cache stale, and it is rebuilt with the reason printed;
-* legacy caches of the original engine (``Datum`` objects with absolute paths)
-  are still read, their paths re-rooted under the current dataset folder.
+* readable without pickle, with image paths relative to the dataset folder, so a
+  moved ``DATASET.ROOT`` keeps it valid;
+* with a header of what it was built from (dataset, a hash of the source lists,
+  shots, seed); a mismatch, a missing image or an unreadable file makes it stale,
+  and it is rebuilt with the reason printed.
+
+A valid original ``.pkl`` is used first: it is what the original code uses on this
+folder, so both code bases train on the same images.
 """
 import hashlib
 import io
+import json
 import os
 import pickle
 
 from dassl.data.datasets.base_dataset import Datum
 
-from dassl.utils import atomic_write_bytes
+from dassl.utils import atomic_write_text
 
-CACHE_FORMAT = "image-list-cache/1"
-_FILES_CHECKED_IN_LARGE_CACHES = 64  # preprocessed.pkl holds >1M paths; check a spread sample
+CACHE_FORMAT = "image-list-cache/2"  # the JSON files written here
+# An earlier version of this toolbox pickled a header and tuples under the original's
+# .pkl name; the original code fails on such a file ('tuple' object has no attribute 'label').
+OLD_PICKLE_FORMAT = "image-list-cache/1"
+OLD_FORMAT_SUFFIX = ".old-format"
+_FILES_CHECKED_IN_LARGE_CACHES = 64  # ImageNet's lists hold >1M paths; check a spread sample
 
 
 class StaleCacheError(Exception):
@@ -60,86 +69,182 @@ def file_fingerprint(path):
         return hashlib.sha1(f.read()).hexdigest()[:16]
 
 
-def save_cache(path, header, named_lists, dataset_dir):
-    """Atomically pickle ``{"header": ..., <split>: [(relpath, label, domain, classname)]}``."""
-    content = {"header": dict(header, format=CACHE_FORMAT)}
-    for name, items in named_lists.items():
-        records = []
-        for item in items:
-            relpath = relative_to(item.impath, dataset_dir)
-            if relpath is None:
-                raise ValueError(
-                    f"Cannot cache {item.impath}: it is not inside the dataset folder {dataset_dir}"
-                )
-            records.append((relpath, item.label, item.domain, item.classname))
-        content[name] = records
-    atomic_write_bytes(path, lambda f: pickle.dump(content, f, protocol=pickle.HIGHEST_PROTOCOL))
+class ImageListCache:
+    """One cache: ours at ``<stem>.json``, the original engine's at ``<stem>.pkl``.
 
+    ``load()`` returns ``{split: [Datum]}`` from the first usable file or None;
+    the caller then builds the lists and calls ``save()``.
+    """
 
-def load_cache(path, expected_header, split_names, dataset_dir, check_every_file=True):
-    """Return ``{split: [Datum]}`` from a cache file, or raise StaleCacheError with the reason."""
-    try:
-        with open(path, "rb") as f:
-            content = _DatumOnlyUnpickler(io.BytesIO(f.read())).load()
-    except Exception as exc:  # any unreadable file is simply rebuilt
-        raise StaleCacheError(f"the file cannot be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(content, dict) or any(
-        not isinstance(content.get(name), list) for name in split_names
-    ):
-        raise StaleCacheError(f"it does not hold the lists {list(split_names)}")
+    def __init__(self, stem, dataset_dir, header, split_names, what="cache",
+                 check_every_file=True):
+        self.path = stem + ".json"
+        self.original_path = stem + ".pkl"
+        self.dataset_dir = dataset_dir
+        self.header = dict(header)
+        self.split_names = list(split_names)
+        self.what = what
+        self.check_every_file = check_every_file
 
-    if "header" in content:
-        lists = _read_current_format(content, expected_header, split_names, dataset_dir)
-    else:
-        lists = _read_legacy_format(content, split_names, dataset_dir)
+    def load(self, validate=None, announce=""):
+        """``validate(lists)`` raises StaleCacheError for lists that do not fit this run;
+        ``announce`` (with ``{}`` for the path) is printed before a file is read."""
+        lists = None
+        if os.path.exists(self.original_path):
+            lists = self._load_pickle(validate, announce)
+        if lists is None and os.path.exists(self.path):
+            if announce:
+                print(announce.format(self.path))
+            try:
+                lists = self._checked(self._read_json(), validate)
+            except StaleCacheError as exc:
+                print(f"The {self.what} {self.path} cannot be used: {exc}. Rebuilding it.")
+        return lists
 
-    _check_files_exist(lists, check_every_file)
-    return lists
+    def save(self, named_lists):
+        """Atomically write ``{"header": ..., <split>: [[relpath, label, domain, classname]]}``."""
+        content = {"header": dict(self.header, format=CACHE_FORMAT)}
+        for name, items in named_lists.items():
+            records = []
+            for item in items:
+                relpath = relative_to(item.impath, self.dataset_dir)
+                if relpath is None:
+                    raise ValueError(f"Cannot cache {item.impath}: it is not inside the dataset "
+                                     f"folder {self.dataset_dir}")
+                records.append([relpath, item.label, item.domain, item.classname])
+            content[name] = records
+        try:
+            atomic_write_text(self.path, json.dumps(content))
+        except OSError as exc:  # e.g. a read-only shared data folder: the lists are still right
+            print(f"Note: could not save the {self.what} {self.path} ({exc}); "
+                  "this run goes on without it.")
 
+    # -- the original's .pkl ---------------------------------------------------------------
+    def _load_pickle(self, validate, announce):
+        path = self.original_path
+        if announce:
+            print(announce.format(path))
+        try:
+            content = _unpickle_data(path)
+            self._require_lists(content)
+        except StaleCacheError as exc:
+            # Whose file this is cannot be told, so it is left as it is.
+            print(f"The {self.what} {path} cannot be used: {exc}. It is left unchanged.")
+            return None
 
-def _read_current_format(content, expected_header, split_names, dataset_dir):
-    header = content["header"]
-    if not isinstance(header, dict) or header.get("format") != CACHE_FORMAT:
-        raise StaleCacheError("it was written in an unknown format")
-    for key, expected in expected_header.items():
-        if header.get(key) != expected:
+        header = content.get("header")
+        if isinstance(header, dict) and header.get("format") == OLD_PICKLE_FORMAT:
+            return self._convert_old_format(content, validate)
+        try:
+            lists = self._checked(self._read_datum_lists(content), validate)
+        except StaleCacheError as exc:
+            print(f"The {self.what} {path} (original engine format) cannot be used: {exc}. "
+                  "It is left unchanged for the original code.")
+            return None
+        print("Note: this is a legacy cache without header (original engine format); "
+              f"its image paths were re-rooted under {self.dataset_dir}")
+        return lists
+
+    def _convert_old_format(self, content, validate):
+        """Our earlier format under the original's name: keep its lists in our file, and
+        move it aside. Left in place, it would make the original code fail on this shared
+        folder; moved, the original rebuilds its own .pkl with the same images (same seed,
+        same split), and nothing is deleted."""
+        path = self.original_path
+        try:
+            self._check_header(content["header"])
+            lists = self._checked(
+                {name: self._read_records(content[name], name) for name in self.split_names},
+                validate)
+            self.save(lists)
+            kept = f"its lists are now in {self.path}"
+        except StaleCacheError as exc:
+            lists = None
+            kept = f"it cannot be used ({exc}) and is rebuilt as {self.path}"
+        aside = path + OLD_FORMAT_SUFFIX
+        try:
+            os.replace(path, aside)
+            print(f"Moved {path} to {aside}: it is in an earlier format of this toolbox, which "
+                  f"the original CoOp/Dassl code cannot read; {kept}.")
+        except FileNotFoundError:
+            pass  # another run moved it first
+        except OSError as exc:
+            print(f"Note: could not move {path} aside ({exc}); the original CoOp/Dassl code "
+                  f"cannot read it. Delete or rename it; {kept}.")
+        return lists
+
+    def _read_datum_lists(self, content):
+        """Original engine lists: Datum objects with absolute paths from some old root."""
+        anchor = os.path.basename(self.dataset_dir.rstrip(os.sep))
+        lists = {}
+        for name in self.split_names:
+            items = []
+            for old in content[name]:
+                if not isinstance(old, Datum):
+                    raise StaleCacheError(f"its {name} list holds {type(old).__name__}, not Datum")
+                relpath = (relative_to(old.impath, self.dataset_dir)
+                           or _path_after_anchor(old.impath, anchor))
+                if relpath is None:
+                    raise StaleCacheError(
+                        f"the legacy path {old.impath} has no '{anchor}' folder to re-root it "
+                        f"under {self.dataset_dir}")
+                items.append(Datum.unchecked(os.path.join(self.dataset_dir, relpath), old.label,
+                                             old.domain, old.classname))
+            lists[name] = items
+        return lists
+
+    # -- our JSON ------------------------------------------------------------------------
+    def _read_json(self):
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                content = json.load(f)
+        except (OSError, ValueError) as exc:
             raise StaleCacheError(
-                f"it was built for {key}={header.get(key)!r}, but this run has {key}={expected!r}"
-            )
-    lists = {}
-    for name in split_names:
+                f"the file cannot be read ({type(exc).__name__}: {exc})") from None
+        self._require_lists(content)
+        header = content.get("header")
+        if not isinstance(header, dict) or header.get("format") != CACHE_FORMAT:
+            raise StaleCacheError("it was written in an unknown format")
+        self._check_header(header)
+        return {name: self._read_records(content[name], name) for name in self.split_names}
+
+    # -- shared checks ---------------------------------------------------------------------
+    def _require_lists(self, content):
+        if not isinstance(content, dict) or any(
+                not isinstance(content.get(name), list) for name in self.split_names):
+            raise StaleCacheError(f"it does not hold the lists {self.split_names}")
+
+    def _check_header(self, header):
+        for key, expected in self.header.items():
+            if header.get(key) != expected:
+                raise StaleCacheError(f"it was built for {key}={header.get(key)!r}, but this "
+                                      f"run has {key}={expected!r}")
+
+    def _read_records(self, records, name):
+        prefix = os.path.join(self.dataset_dir, "")  # joined by hand: ImageNet has >1M records
         items = []
-        for record in content[name]:
-            if not (isinstance(record, tuple) and len(record) == 4 and isinstance(record[1], int)):
+        for record in records:
+            if not (isinstance(record, (list, tuple)) and len(record) == 4
+                    and isinstance(record[0], str) and not os.path.isabs(record[0])
+                    and isinstance(record[1], int)):
                 raise StaleCacheError(f"its {name} list holds a malformed entry {record!r}")
             relpath, label, domain, classname = record
-            items.append(Datum.unchecked(os.path.join(dataset_dir, relpath), label, domain, classname))
-        lists[name] = items
-    return lists
+            items.append(Datum.unchecked(prefix + relpath, label, domain, classname))
+        return items
+
+    def _checked(self, lists, validate):
+        _check_files_exist(lists, self.check_every_file)
+        if validate is not None:
+            validate(lists)
+        return lists
 
 
-def _read_legacy_format(content, split_names, dataset_dir):
-    """Read an original-engine cache: Datum objects with absolute paths from some old root."""
-    anchor = os.path.basename(dataset_dir.rstrip(os.sep))
-    lists = {}
-    for name in split_names:
-        items = []
-        for old in content[name]:
-            if not isinstance(old, Datum):
-                raise StaleCacheError(f"its {name} list holds {type(old).__name__}, not Datum")
-            relpath = relative_to(old.impath, dataset_dir) or _path_after_anchor(old.impath, anchor)
-            if relpath is None:
-                raise StaleCacheError(
-                    f"the legacy path {old.impath} has no '{anchor}' folder to re-root it under "
-                    f"{dataset_dir}"
-                )
-            items.append(Datum.unchecked(
-                os.path.join(dataset_dir, relpath), old.label, old.domain, old.classname
-            ))
-        lists[name] = items
-    print("Note: this is a legacy cache without header (original engine format); "
-          f"its image paths were re-rooted under {dataset_dir}")
-    return lists
+def _unpickle_data(path):
+    try:
+        with open(path, "rb") as f:
+            return _DatumOnlyUnpickler(io.BytesIO(f.read())).load()
+    except Exception as exc:  # any unreadable or foreign pickle is simply not used
+        raise StaleCacheError(f"the file cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 def _path_after_anchor(old_path, anchor):

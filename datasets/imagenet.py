@@ -1,7 +1,8 @@
 """ImageNet: imagenet/images/{train,val}/<wnid>/*.JPEG + classnames.txt.
 
-There is no split JSON. The folder lists are cached in ``preprocessed.pkl``
-(paths relative to the dataset folder). The validation set is also the test set,
+There is no split JSON. The folder lists are cached in ``preprocessed.json``
+(paths relative to the dataset folder); the original's ``preprocessed.pkl`` is read
+when present and never written. The validation set is also the test set,
 as in the original, so ``best_val`` model selection on ImageNet selects on test.
 """
 import os
@@ -11,7 +12,7 @@ from dassl.data.datasets import DATASET_REGISTRY
 from dassl.data.datasets.base_dataset import Datum, DatasetBase
 
 from .benchmark import BenchmarkDataset, DatasetNotFoundError, missing_data_message, subsample_setting
-from .cache import StaleCacheError, file_fingerprint, load_cache, save_cache
+from .cache import ImageListCache, file_fingerprint
 from .fewshot import load_or_sample_fewshot
 from .splits import list_images, subsample_classes
 
@@ -63,7 +64,6 @@ class ImageNet(BenchmarkDataset):
 
     def __init__(self, cfg):
         self.locate(cfg)
-        self.preprocessed = os.path.join(self.dataset_dir, "preprocessed.pkl")
         train, test = self.read_train_test()
         num_shots = cfg.DATASET.NUM_SHOTS
         if num_shots >= 1:
@@ -77,19 +77,18 @@ class ImageNet(BenchmarkDataset):
             "dataset": type(self).__name__,
             "classnames_hash": file_fingerprint(classnames_path) if os.path.isfile(classnames_path) else None,
         }
-        if os.path.exists(self.preprocessed):
-            try:
-                lists = load_cache(self.preprocessed, header, ["train", "test"], self.dataset_dir,
-                                   check_every_file=False)
-                return lists["train"], lists["test"]
-            except StaleCacheError as exc:
-                print(f"The cache {self.preprocessed} cannot be used: {exc}. Rebuilding it.")
+        stem = os.path.join(self.dataset_dir, "preprocessed")  # ours: .json; the original's: .pkl
+        cache = ImageListCache(stem, self.dataset_dir, header, ["train", "test"],
+                               what="image-list cache", check_every_file=False)
+        lists = cache.load()
+        if lists is not None:
+            return lists["train"], lists["test"]
 
         self.require(*self.creation_inputs, purpose="build the ImageNet image lists")
         classnames = read_classnames(classnames_path)
         train = read_wnid_folders(os.path.join(self.image_dir, "train"), classnames, classnames_path)
         test = read_wnid_folders(os.path.join(self.image_dir, "val"), classnames, classnames_path)
-        save_cache(self.preprocessed, header, {"train": train, "test": test}, self.dataset_dir)
+        cache.save({"train": train, "test": test})
         return train, test
 
 

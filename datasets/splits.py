@@ -28,19 +28,47 @@ def read_split(filepath, path_prefix):
             "created, or download the published split again (see datasets/sources.json)."
         ) from None
 
+    if not isinstance(split, dict):
+        raise ValueError(
+            f'Split file {filepath} holds a {type(split).__name__}; expected an object with the '
+            'lists "train", "val" and "test". Download the published split again.'
+        )
+
     def to_datums(split_name):
-        if split_name not in split:
+        entries = split.get(split_name)
+        if not isinstance(entries, list):
             raise ValueError(
                 f'Split file {filepath} has no "{split_name}" list; expected the keys '
                 '"train", "val" and "test". Download the published split again.'
             )
         items = []
-        for entry in split[split_name]:
-            relpath, label, classname = entry
-            items.append(Datum(os.path.join(path_prefix, relpath), int(label), 0, classname))
+        for index, entry in enumerate(entries):
+            relpath, label, classname = _split_entry(entry, filepath, split_name, index)
+            items.append(Datum(os.path.join(path_prefix, relpath), label, 0, classname))
         return items
 
     return to_datums("train"), to_datums("val"), to_datums("test")
+
+
+def _split_entry(entry, filepath, split_name, index):
+    """``[relative_path, label, classname]`` with the label as an int (a digit string is accepted,
+    as the original's ``int(label)`` does), or a ValueError naming the file and the entry."""
+    if isinstance(entry, list) and len(entry) == 3:
+        relpath, label, classname = entry
+        if isinstance(label, str) and label.strip().isdigit():
+            label = int(label)
+        if (isinstance(relpath, str) and relpath and isinstance(classname, str)
+                and isinstance(label, int) and not isinstance(label, bool) and label >= 0):
+            return relpath, label, classname
+    shown = json.dumps(entry)
+    if len(shown) > 200:
+        shown = shown[:200] + "..."
+    raise ValueError(
+        f'Split file {filepath}: entry {index} of the "{split_name}" list is {shown}; expected '
+        '[relative_path, label, classname], e.g. ["cat/0001.jpg", 0, "cat"], with a label '
+        ">= 0. Fix that entry, or delete the file to have the split created again (or download "
+        "the published split)."
+    )
 
 
 def save_split(train, val, test, filepath, path_prefix):

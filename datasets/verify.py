@@ -172,9 +172,11 @@ def _check_folder_dataset(cls, dataset_dir, report):
     if cls.__name__ == "ImageNet":
         folders = [("train", os.path.join(dataset_dir, "images", "train")),
                    ("test", os.path.join(dataset_dir, "images", "val"))]
-        cache = os.path.join(dataset_dir, "preprocessed.pkl")
-        report.add("preprocessed.pkl", OK if os.path.isfile(cache) else WARN,
-                   cache if os.path.isfile(cache) else f"{cache} will be built on first use")
+        # ours (.json) or the original engine's (.pkl), which is read as well
+        caches = [os.path.join(dataset_dir, f"preprocessed.{ext}") for ext in ("json", "pkl")]
+        found = [path for path in caches if os.path.isfile(path)]
+        report.add("image-list cache", OK if found else WARN,
+                   ", ".join(found) or f"{caches[0]} will be built on first use")
     else:
         folders = [("test", os.path.join(dataset_dir, cls.image_subdir))]
     for part, folder in folders:

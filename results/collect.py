@@ -8,6 +8,9 @@ The folder layouts are those of the experiment scripts (CoCoOp/MaPLe conventions
     <dataset>/<trainer>/<cfg>_<K>shots/seed<S>                        few-shot (and the ImageNet
                                                                       source of cross-dataset)
 
+``<dataset>`` is the dataset's config name (``dtd``), or for own data (``image_folder``) its
+tag (``DATASET.TAG``, e.g. ``my_flowers``), so that each own dataset has its own runs and rows.
+
 A run's accuracy comes from its ``results.json`` (the completion marker written after the
 final result); runs made by other CoOp-family code bases have no marker, so their
 ``log.txt`` is parsed instead, with the end signal that fits the run.

@@ -1,11 +1,18 @@
-"""Read the final metric of a run from its ``log.txt`` (CoOp / Dassl log format).
+"""Read a run's ``log.txt`` (CoOp / Dassl log format, ours or the original engine's).
 
-A metric line looks like ``* accuracy: 89.5%``. It only counts once the end signal
+The final metric: a line like ``* accuracy: 89.5%``. It only counts once the end signal
 (a line exactly equal to ``Finish training`` for training runs, ``=> result`` for
 eval-only runs) has been seen, because training runs that validate during
 training print ``=> result`` blocks that are not the final test. The last match wins.
+
+The whole log (``read_run_log``): arguments, config dump, dataset summary, few-shot sample,
+transforms, training lines and the facts printed once (precision, CLIP architecture, ...),
+for comparing two runs and for the provenance of a table row.
 """
+import ast
 import re
+from dataclasses import dataclass, field
+from typing import Optional
 
 # Dassl >= 0.6.1 prints "Finish training"; older Dassl and many forks print "Finished training".
 TRAIN_END_SIGNALS = ("Finish training", "Finished training")
@@ -60,3 +67,163 @@ def log_is_eval_only(path):
             if line == "** Config **":
                 break  # the arguments block is over
     return False
+
+
+# ------------------------------------------------------------------------ the whole log
+# Lines "<label>: <value>" printed once per run; the first occurrence counts.
+FACT_LABELS = {
+    "params": "# trainable params",
+    "precision": "Precision",
+    "architecture": "CLIP architecture",
+    "n_ctx": "Number of context words (tokens)",
+}
+FEWSHOT_PREFIX = "Few-shot sample:"
+_ARGUMENTS_BANNER = "** Arguments **"
+_CONFIG_BANNER = "** Config **"
+_CONFIG_LINE = re.compile(r"^( *)([A-Za-z0-9_]+):(?: (.*))?$")
+# Dassl >= 0.6.1: "epoch [1/2] batch [3/5] time ..."; older: "epoch [1/2][3/5]\ttime ...".
+_EPOCH_LINE = re.compile(r"^epoch \[(\d+)/(\d+)\](?: batch )?\[(\d+)/(\d+)\]\s+(.*)$")
+_METER = re.compile(r"(\S+) (\S+) \(([^)]*)\)")  # "loss 1.2345 (1.3001)"
+_LR = re.compile(r"(?:^|\s)lr (\S+)")
+_TIMING_METERS = ("time", "data")
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One printed training line: where it is, the meters' current values and the LR."""
+    epoch: int
+    max_epoch: int
+    batch: int
+    num_batches: int
+    meters: dict     # {"loss": 1.2345, "acc": 65.625}: current values (not the running averages)
+    lr: Optional[float]
+
+
+@dataclass
+class RunLog:
+    path: str
+    arguments: dict = field(default_factory=dict)   # the "** Arguments **" block, as printed
+    config: dict = field(default_factory=dict)      # the config dump, flat: {"OPTIM.LR": "0.002"}
+    dataset: dict = field(default_factory=dict)     # the summary table: {"# classes": "37", ...}
+    fewshot: Optional[str] = None                   # the "Few-shot sample: ..." line
+    transforms: dict = field(default_factory=dict)  # {"train": ["+ random flip", ...], "test": [...]}
+    iterations: list = field(default_factory=list)  # Iteration, in log order
+    facts: dict = field(default_factory=dict)       # FACT_LABELS key -> printed value
+    accuracy: Optional[float] = None                # the final result
+
+    @property
+    def opts(self):
+        """The command line's KEY VALUE overrides, as pairs (from the arguments block)."""
+        try:
+            items = ast.literal_eval(self.arguments.get("opts", "None")) or []
+        except (ValueError, SyntaxError):
+            return []
+        return [(str(k), str(v)) for k, v in zip(items[0::2], items[1::2])]
+
+
+def _block_after(lines, banner):
+    """Index of the first line after ``banner`` and the star rule under it (None if absent)."""
+    for i, line in enumerate(lines):
+        if line.strip() == banner:
+            i += 1
+            while i < len(lines) and set(lines[i].strip()) == {"*"}:
+                i += 1
+            return i
+    return None
+
+
+def parse_arguments(lines):
+    start = _block_after(lines, _ARGUMENTS_BANNER)
+    arguments = {}
+    for line in lines[start:] if start is not None else []:
+        if set(line.strip()) == {"*"} or (": " not in line and not line.endswith(":")):
+            break  # the star rule of the config banner, or anything else: the block is over
+        key, _, value = line.partition(":")
+        arguments[key.strip()] = value.strip()
+    return arguments
+
+
+def parse_config_dump(lines):
+    """The yacs dump after "** Config **", flattened to dotted keys (values as printed)."""
+    start = _block_after(lines, _CONFIG_BANNER)
+    config, path = {}, []
+    for line in lines[start:] if start is not None else []:
+        match = _CONFIG_LINE.match(line)
+        if not match:
+            break
+        depth = len(match.group(1)) // 2
+        path = path[:depth] + [match.group(2)]
+        if match.group(3) is not None:  # "KEY: value" (maybe empty); a bare "KEY:" opens a node
+            config[".".join(path)] = match.group(3).strip()
+    return config
+
+
+def parse_dataset_summary(lines):
+    """The tabulate table that starts with a "Dataset  <name>" row."""
+    for i, line in enumerate(lines[:-1]):
+        if re.fullmatch(r"-+ +-+", line.strip()) and lines[i + 1].startswith("Dataset "):
+            table = {}
+            for row in lines[i + 1:]:
+                if re.fullmatch(r"-+ +-+", row.strip()):
+                    break
+                key, _, value = row.strip().rpartition("  ")
+                table[key.strip()] = value.strip()
+            return table
+    return {}
+
+
+def parse_transforms(lines):
+    transforms, current = {}, None
+    for line in lines:
+        if line in ("Building transform_train", "Building transform_test"):
+            current = transforms.setdefault(line.rsplit("_", 1)[1], [])
+        elif current is not None and line.startswith("+ "):
+            current.append(line)
+        else:
+            current = None
+    return transforms
+
+
+def parse_iteration(line):
+    match = _EPOCH_LINE.match(line)
+    if not match:
+        return None
+    epoch, max_epoch, batch, num_batches = (int(g) for g in match.groups()[:4])
+    rest = match.group(5)
+    meters = {}
+    for name, value, _ in _METER.findall(rest):
+        if name not in _TIMING_METERS:
+            try:
+                meters[name] = float(value)
+            except ValueError:
+                continue
+    lr = _LR.search(rest)
+    try:
+        lr = float(lr.group(1)) if lr else None
+    except ValueError:
+        lr = None
+    return Iteration(epoch, max_epoch, batch, num_batches, meters, lr)
+
+
+def parse_facts(lines):
+    facts = {}
+    for line in lines:
+        for key, label in FACT_LABELS.items():
+            if key not in facts and line.startswith(label + ": "):
+                facts[key] = line[len(label) + 2:].strip()
+    return facts
+
+
+def read_run_log(path):
+    """Everything tools/compare_runs.py and the provenance table use, from one log.txt."""
+    with open(path, "r", encoding="utf-8", errors="replace") as handle:
+        lines = [line.rstrip("\n").rstrip("\r") for line in handle]
+    log = RunLog(path=path, arguments=parse_arguments(lines), config=parse_config_dump(lines),
+                 dataset=parse_dataset_summary(lines), transforms=parse_transforms(lines),
+                 facts=parse_facts(lines))
+    log.fewshot = next((l for l in lines if l.startswith(FEWSHOT_PREFIX)), None)
+    log.iterations = [it for it in map(parse_iteration, lines) if it is not None]
+    log.accuracy = metric_from_lines(lines, "accuracy", TRAIN_END_SIGNALS)
+    if log.accuracy is None and log.arguments.get("eval_only") == "True":
+        log.accuracy = metric_from_lines(lines, "accuracy", TEST_END_SIGNALS)
+    return log

@@ -1,49 +1,89 @@
-"""Which setting produced each row: a method's own config keys and its trainable-parameter count.
+"""Which settings produced each row: the effective settings of its runs, read from their logs.
 
-Read from a run's log.txt (the sorted config dump and the "# trainable params: N" line that the
-trainers print), so a MuDPT row shows at a glance whether it is the paper's design
-(INJECTION transformer, post-LN, no shallow fusion) or a released variant.
+Per run: the config file and the overrides given on the command line (the ``opts`` of the
+arguments block), the method's own config keys (CoOp's context length as it ran when CTX_INIT
+sets it), the precision that ran, the architecture of the loaded CLIP weights and the number of
+trainable parameters. So a MuDPT row shows at a glance whether it is the paper's design or a
+released variant, and a run trained with other settings (``OPTIM.MAX_EPOCH 1``) shows as such.
+
+One row per trainer, config folder and distinct settings, with its number of runs. The
+training runs describe a row; eval-only runs (new classes, cross-dataset targets) only load
+those weights, and count only for a row without training runs (zero-shot CLIP).
 """
 import os
-import re
+from collections import Counter
 
-from results.logparse import LOG_NAME
+from results.logparse import LOG_NAME, read_run_log
 
-_PARAMS_RE = re.compile(r"^# trainable params: ([\d,]+)")
+# Overrides the scripts set per protocol, and the weights path (the architecture tells what it held).
+NOT_SETTINGS = ("DATASET.NUM_SHOTS", "DATASET.SUBSAMPLE_CLASSES", "MODEL.BACKBONE.PATH")
+UNKNOWN = "unknown"
+MISSING = "-"
+
+
+def method_settings(log, trainer):
+    """{key: value} of TRAINER.<TRAINER> in the config dump (nested keys dotted)."""
+    prefix = f"TRAINER.{trainer.upper()}."
+    return {key[len(prefix):]: value for key, value in log.config.items() if key.startswith(prefix)}
 
 
 def read_method_settings(log_path, trainer):
-    """({key: value} of TRAINER.<TRAINER> in the config dump, trainable-parameter count or None)."""
-    node = f"  {trainer.upper()}:"
-    settings, params, inside = {}, None, False
-    with open(log_path, "r", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            line = line.rstrip("\n")
-            if inside:
-                if line.startswith("    ") and ":" in line:
-                    key, _, value = line.strip().partition(":")
-                    settings[key] = value.strip()
-                    continue
-                inside = False
-            if line == node and not settings:
-                inside = True
-            match = _PARAMS_RE.match(line)
-            if match:
-                params = match.group(1)
-    return settings, params
+    """(method settings, trainable-parameter count as printed, or None) of one log.txt."""
+    log = read_run_log(log_path)
+    return method_settings(log, trainer), log.facts.get("params")
+
+
+def settings_text(settings, n_ctx=None):
+    parts = []
+    for key, value in settings.items():
+        if key == "N_CTX" and n_ctx is not None and n_ctx != value:
+            value = f"{n_ctx} (set by CTX_INIT; N_CTX {value})"  # CoOp's rule: the phrase's length
+        parts.append(f"{key} {value}")
+    return ", ".join(parts) or MISSING
+
+
+def precision_text(log, settings):
+    if "precision" in log.facts:
+        return log.facts["precision"]
+    return f"{settings['PREC']} (configured)" if "PREC" in settings else UNKNOWN
+
+
+def run_provenance(log, trainer, config):
+    """The row cells of one run, in PROVENANCE_HEADER order from "Config file" on."""
+    settings = method_settings(log, trainer)
+    overrides = [f"{k} {v}" for k, v in log.opts if k not in NOT_SETTINGS]
+    return (log.arguments.get("config_file") or config,
+            " ".join(overrides) or MISSING,
+            precision_text(log, settings),
+            log.facts.get("architecture", UNKNOWN),
+            log.facts.get("params") or MISSING,
+            settings_text(settings, log.facts.get("n_ctx")))
+
+
+PROVENANCE_HEADER = ("Method", "Config file", "Overrides", "Precision", "CLIP", "Trainable params",
+                     "Settings", "Runs")
+
+
+def provenance_rows(runs):
+    """[(trainer, cells..., number of runs)], one per trainer, config folder and distinct settings."""
+    logs = {}
+    for run in runs:
+        path = os.path.join(run.path, LOG_NAME)
+        if os.path.isfile(path):
+            logs.setdefault((run.trainer, run.config), []).append(read_run_log(path))
+    rows = []
+    for (trainer, config), group in sorted(logs.items()):
+        trained = [log for log in group if log.arguments.get("eval_only") != "True"]
+        counts = Counter(run_provenance(log, trainer, config) for log in trained or group)
+        rows += [(trainer,) + cells + (str(n),) for cells, n in sorted(counts.items())]
+    return rows
 
 
 def provenance_markdown(runs):
-    """One row per (trainer, config) among ``runs``, from the first of its runs that has a log."""
-    seen = {}
-    for run in sorted(runs, key=lambda r: (r.trainer, r.config, r.path)):
-        log_path = os.path.join(run.path, LOG_NAME)
-        if (run.trainer, run.config) not in seen and os.path.isfile(log_path):
-            seen[(run.trainer, run.config)] = read_method_settings(log_path, run.trainer)
-    if not seen:
+    rows = provenance_rows(runs)
+    if not rows:
         return ""
-    lines = ["### Provenance", "", "| Method | Config | Trainable params | Settings |", "|---|---|---|---|"]
-    for (trainer, config), (settings, params) in seen.items():
-        text = ", ".join(f"{k} {v}" for k, v in settings.items()) or "-"
-        lines.append(f"| {trainer} | {config} | {params or '-'} | {text} |")
+    lines = ["### Provenance", "", "| " + " | ".join(PROVENANCE_HEADER) + " |",
+             "|" + "|".join("---" for _ in PROVENANCE_HEADER) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"

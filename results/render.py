@@ -1,4 +1,4 @@
-"""Render tables as Markdown (printed), CSV (long form, with std and seed counts) and LaTeX."""
+"""Render tables as Markdown (printed), CSV (long form, with std, seed count and seeds) and LaTeX."""
 import csv
 import io
 
@@ -6,19 +6,22 @@ MISSING = "-"
 
 
 def cell_text(cell, metrics):
-    """'72.13', '80.10 / 70.00 / 74.71', '-' ... ; a partial-average mark is shown once."""
+    """'72.13 (n=3)', '80.10 / 70.00 / 74.71 (n=2)', '71.17 (2/11)', '-' ...
+
+    The marks: how many datasets an average covers, and how many seeds a project cell averages
+    ('n=3/2, mixed seeds' when base and new come from different seed sets).
+    """
     if cell is None:
         return MISSING
-    parts, partial = [], ""
-    for metric in metrics:
-        value = cell.get(metric)
-        if value is None:
-            parts.append(MISSING)
-            continue
-        partial = partial or value.partial
-        parts.append(value.text().split(" (")[0])
-    text = " / ".join(parts)
-    return f"{text} ({partial})" if partial else text
+    values = [cell.get(metric) for metric in metrics]
+    text = " / ".join(MISSING if v is None else v.number() for v in values)
+    marks = [v.partial for v in values if v is not None and v.partial][:1]
+    seed_sets = [v.seeds for v in values if v is not None and v.n is not None]
+    if len(set(seed_sets)) == 1:
+        marks.append(f"n={len(seed_sets[0])}")
+    elif seed_sets:
+        marks.append(f"n={'/'.join(str(len(s)) for s in seed_sets)}, mixed seeds")
+    return f"{text} ({'; '.join(marks)})" if marks else text
 
 
 def table_lines(table):
@@ -37,7 +40,7 @@ def to_markdown(table):
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ("table", "row", "column", "metric", "mean", "std", "n_seeds", "partial")
+CSV_FIELDS = ("table", "row", "column", "metric", "mean", "std", "n_seeds", "partial", "seeds")
 
 
 def to_csv(tables):
@@ -57,7 +60,8 @@ def to_csv(tables):
                     writer.writerow([
                         table.key, label, column, metric, f"{value.mean:.4f}",
                         "" if value.std is None else f"{value.std:.4f}",
-                        "" if value.n is None else value.n, value.partial])
+                        "" if value.n is None else value.n, value.partial,
+                        " ".join(map(str, value.seeds))])
     return buffer.getvalue()
 
 

@@ -1,17 +1,16 @@
-"""Run a grid of experiment scripts: methods x protocols x datasets x seeds x shots.
+"""The job plan of a sweep: methods x protocols x datasets x seeds x shots.
 
 Each job is one call of a script in scripts/<method>/, so a sweep does exactly what the same
-commands typed by hand would do. Jobs are spread over GPUs (one job per GPU at a time, through
-CUDA_VISIBLE_DEVICES) or run one at a time. A job whose results.json exists is skipped; an
-unfinished one is run again (the script moves its stale log aside). A test job waits for the
-training job it loads, and is not started if that one failed.
+commands typed by hand would do. The plan is shared by the two executors: the local runner
+(results/sweep_local.py) runs the jobs on this machine, the Slurm executor
+(results/sweep_slurm.py) submits them to a cluster. A job whose results.json exists is skipped
+(the script itself says so under DRY_RUN=1); a test job depends on the training job whose model
+it loads.
 """
 import os
 import re
 import shlex
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -36,6 +35,8 @@ class Job:
     state: str = WAITING
     returncode: Optional[int] = None
     log_path: str = ""
+    started: Optional[float] = None  # time.monotonic() at start and end of a local run
+    ended: Optional[float] = None
 
     @property
     def name(self):
@@ -125,134 +126,79 @@ def is_finished(output_dir):
     return bool(output_dir) and os.path.isfile(os.path.join(output_dir, MARKER_NAME))
 
 
-def _log_name(job):
-    return re.sub(r"[^A-Za-z0-9_.-]+", "__", job.name) + ".log"
+def file_name(name):
+    """A job or chain name as a file name (mudpt/few_shot/dtd/1/16: mudpt__few_shot__dtd__1__16)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "__", name)
 
 
-def _format_seconds(seconds):
+def job_log_path(job, log_dir):
+    """The per-job log of a sweep: the script's output, after a "$ command" first line."""
+    return os.path.join(log_dir, file_name(job.name) + ".log")
+
+
+def start_job(job, repo, env, log_dir):
+    """Start the job's script with its output in its per-job log; returns (process, log file).
+
+    ``env`` is the whole environment of the script; DRY_RUN is dropped so the job runs.
+    """
+    os.makedirs(log_dir, exist_ok=True)
+    job.log_path = job_log_path(job, log_dir)
+    log = open(job.log_path, "w", encoding="utf-8")
+    log.write("$ " + " ".join(shlex.quote(c) for c in job.command(repo)) + "\n")
+    log.flush()
+    env = {k: v for k, v in env.items() if k != "DRY_RUN"}
+    proc = subprocess.Popen(job.command(repo), cwd=repo, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def succeeded(job, returncode):
+    """A job succeeded when its script exited with 0 and the run wrote its results.json."""
+    return returncode == 0 and is_finished(job.output_dir)
+
+
+@dataclass
+class Chain:
+    """A job and the jobs that load its model, in run order: one unit of work for a cluster."""
+    jobs: list
+
+    @property
+    def name(self):
+        return self.jobs[0].name
+
+    def todo(self):
+        return [job for job in self.jobs if job.state != SKIPPED]
+
+
+def plan_chains(jobs):
+    """Group a plan into chains: each job without a dependency starts one, and every job
+    joins the chain of the job it depends on (train, then its tests)."""
+    chains, chain_of = [], {}
+    for job in jobs:
+        chain = chain_of.get(job.depends_on)
+        if chain is None:
+            chain = Chain([])
+            chains.append(chain)
+        chain.jobs.append(job)
+        chain_of[job.name] = chain
+    return chains
+
+
+def eta_seconds(durations, remaining, running_elapsed=(), parallel=1):
+    """Seconds until ``remaining`` units of work (the running ones included) are finished, at
+    the mean duration of the finished ones and ``parallel`` units at a time; None before any
+    unit has finished. A running unit counts as already ``elapsed`` seconds into its mean."""
+    if not durations:
+        return None
+    mean = sum(durations) / len(durations)
+    work = mean * remaining - sum(min(elapsed, mean) for elapsed in running_elapsed)
+    return max(0.0, work / max(1, parallel))
+
+
+def format_seconds(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class Progress:
-    """One status line: rewritten in place on a terminal, one line per event otherwise."""
-
-    def __init__(self, total, stream=None):
-        self.total = total
-        self.stream = sys.stdout if stream is None else stream
-        self.start = time.monotonic()
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.width = 0
-
-    def line(self, jobs):
-        counts = {s: 0 for s in (RUNNING, DONE, SKIPPED, FAILED, BLOCKED)}
-        for job in jobs:
-            if job.state in counts:
-                counts[job.state] += 1
-        finished = counts[DONE] + counts[SKIPPED] + counts[FAILED] + counts[BLOCKED]
-        running = [j.name for j in jobs if j.state == RUNNING]
-        text = (f"[{finished}/{self.total}] running {counts[RUNNING]} | done {counts[DONE]} | "
-                f"skipped {counts[SKIPPED]} | failed {counts[FAILED]} | blocked {counts[BLOCKED]}"
-                f" | elapsed {_format_seconds(time.monotonic() - self.start)}")
-        if running:
-            text += " | now: " + ", ".join(running)
-        return text
-
-    def show(self, jobs):
-        text = self.line(jobs)
-        if self.tty:
-            self.stream.write("\r" + text.ljust(self.width))
-            self.width = len(text)
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def message(self, text):
-        if self.tty and self.width:
-            self.stream.write("\n")
-            self.width = 0
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def run_jobs(jobs, repo, env, log_dir, gpus=(), poll_seconds=0.2, stream=None):
-    """Run the jobs; returns True when none failed or was blocked.
-
-    ``gpus``: device ids, one job per id at a time; empty: one job at a time with the
-    environment's own CUDA_VISIBLE_DEVICES.
-    """
-    os.makedirs(log_dir, exist_ok=True)
-    progress = Progress(len(jobs), stream)
-    by_name = {job.name: job for job in jobs}
-    slots = {slot: None for slot in (list(gpus) if gpus else [None])}
-    processes = {}
-
-    def dependency_state(job):
-        if job.depends_on is None:
-            return DONE
-        return by_name[job.depends_on].state if job.depends_on in by_name else DONE
-
-    def start(job, slot):
-        job_env = dict(env)
-        job_env.pop("DRY_RUN", None)
-        if slot is not None:
-            job_env["CUDA_VISIBLE_DEVICES"] = str(slot)
-            job_env.pop("GPU", None)  # the script would override CUDA_VISIBLE_DEVICES with it
-        job.log_path = os.path.join(log_dir, _log_name(job))
-        log = open(job.log_path, "w", encoding="utf-8")
-        log.write("$ " + " ".join(shlex.quote(c) for c in job.command(repo)) + "\n")
-        log.flush()
-        proc = subprocess.Popen(job.command(repo), cwd=repo, env=job_env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        processes[job.name] = (proc, log)
-        job.state = RUNNING
-        slots[slot] = job
-
-    progress.show(jobs)
-    try:
-        while True:
-            changed = False
-            for slot, job in list(slots.items()):
-                if job is None:
-                    continue
-                proc, log = processes[job.name]
-                if proc.poll() is None:
-                    continue
-                log.close()
-                job.returncode = proc.returncode
-                job.state = DONE if proc.returncode == 0 and is_finished(job.output_dir) else FAILED
-                if job.state == FAILED:
-                    progress.message(f"FAILED {job.name} (exit code {proc.returncode}); "
-                                     f"log: {job.log_path}")
-                slots[slot] = None
-                changed = True
-            for job in jobs:
-                if job.state == WAITING and dependency_state(job) in (FAILED, BLOCKED):
-                    job.state = BLOCKED
-                    progress.message(f"BLOCKED {job.name}: {job.depends_on} did not finish")
-                    changed = True
-            for slot in [s for s, j in slots.items() if j is None]:
-                ready = next((j for j in jobs if j.state == WAITING
-                              and dependency_state(j) in (DONE, SKIPPED)), None)
-                if ready is None:
-                    break
-                start(ready, slot)
-                changed = True
-            if changed:
-                progress.show(jobs)
-            if all(j is None for j in slots.values()) and not any(
-                    j.state == WAITING for j in jobs):
-                break
-            time.sleep(poll_seconds)
-    except KeyboardInterrupt:
-        for proc, log in processes.values():
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
-            log.close()
-        progress.message("Interrupted: running jobs were stopped; run the sweep again to "
-                         "resume (finished runs are skipped).")
-        raise
-    if progress.tty:
-        progress.stream.write("\n")
-    return not any(j.state in (FAILED, BLOCKED) for j in jobs)
+def format_eta(seconds):
+    return "eta --:--:--" if seconds is None else f"eta {format_seconds(seconds)}"

@@ -1,6 +1,8 @@
 """The paper's tables (few-shot, cross-dataset, base-to-new, domain generalisation) from runs.
 
-Every project cell is the mean over the seeds found (the std and seed count go to the CSV).
+Every project cell is the mean over the seeds found, or those selected; it shows how many
+(n), and the CSV also has the std and the seeds. A base/new pair over different seed sets and a
+seed far from the median of its cell are flagged in the notes, with the run folder.
 Base-to-new HM follows the papers: per dataset HM(mean base, mean new); for the average,
 HM of the averaged base and new accuracies, never the mean of per-dataset HMs.
 """
@@ -10,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from results import paper_numbers
-from results.benchmarks import (CROSS_DATASET_TARGETS, DG_TARGETS, ELEVEN_DATASETS,
-                                SOURCE_DATASET, display_name)
+from results.benchmarks import (ALL_DATASETS, CROSS_DATASET_TARGETS, DG_TARGETS,
+                                ELEVEN_DATASETS, SOURCE_DATASET, display_name)
 from results.collect import EVALUATION, FEW_SHOT, TEST_NEW, TRAIN_BASE
 from results.seeds import mean_and_std
 
@@ -39,8 +41,9 @@ TITLES = {
 # Rows "MuDPT vs X": the main method against each baseline that is present.
 MAIN_METHOD = "MuDPT"
 BASELINES = ("CoOp", "CoCoOp")
-EXPECTED_SEEDS = 3
-OUTLIER_MARGIN = 10.0  # points from the median of a cell's seeds (USERS: DTD/EuroSAT blow-ups)
+DEFAULT_OUTLIER = 10.0  # points from the median of a cell's seeds (USERS: DTD/EuroSAT blow-ups)
+# The few-shot table takes --shots; base-to-new, cross-dataset and DG are 16-shot protocols.
+PROTOCOL_SHOTS = 16
 
 
 def resolve_table_name(name):
@@ -59,14 +62,10 @@ class Value:
     signed: bool = False          # a difference: printed with its sign
     partial: str = ""             # e.g. "3/11" when an average covers only some datasets
     covers: tuple = ()            # for averages: the datasets behind it
+    seeds: tuple = ()             # for project cells: the seeds averaged, sorted
 
-    def text(self, expected_seeds=EXPECTED_SEEDS):
-        body = f"{self.mean:+.2f}" if self.signed else f"{self.mean:.2f}"
-        if self.n is not None and self.n < expected_seeds:
-            body += "*"
-        if self.partial:
-            body += f" ({self.partial})"
-        return body
+    def number(self):
+        return f"{self.mean:+.2f}" if self.signed else f"{self.mean:.2f}"
 
 
 @dataclass
@@ -79,9 +78,15 @@ class Table:
     notes: list = field(default_factory=list)
 
 
-def _seed_value(accuracies):
-    mean, std = mean_and_std(accuracies)
-    return Value(mean=mean, std=std, n=len(accuracies))
+def _seed_value(by_seed):
+    """The cell of one method and dataset: {seed: accuracy} -> mean, std and which seeds."""
+    mean, std = mean_and_std([by_seed[s] for s in sorted(by_seed)])
+    return Value(mean=mean, std=std, n=len(by_seed), seeds=tuple(sorted(by_seed)))
+
+
+def select_seeds(runs, seeds=None):
+    """The runs of the given seeds (all runs when ``seeds`` is None)."""
+    return list(runs) if seeds is None else [r for r in runs if r.seed in set(seeds)]
 
 
 def _average(values, datasets):
@@ -107,17 +112,18 @@ def _difference(a, b):
 
 
 class _RunIndex:
-    """Finished runs grouped as (kind, trainer, config, shots) -> dataset -> {seed: accuracy}."""
+    """Finished runs grouped as (kind, trainer, config, shots) -> dataset -> {seed: run}."""
 
-    def __init__(self, runs):
+    def __init__(self, runs, seeds=None, outlier=DEFAULT_OUTLIER):
         self.groups = defaultdict(lambda: defaultdict(dict))
         self.unfinished = []
-        for run in runs:
+        self.seeds = None if seeds is None else sorted(set(seeds))
+        self.outlier = outlier
+        for run in select_seeds(runs, seeds):
             if run.accuracy is None:
                 self.unfinished.append(run)
                 continue
-            self.groups[(run.kind, run.trainer, run.config, run.shots)][run.dataset][run.seed] = \
-                run.accuracy
+            self.groups[(run.kind, run.trainer, run.config, run.shots)][run.dataset][run.seed] = run
 
     def methods(self, kind, shots=None):
         """(trainer, config, shots) of the groups of one kind, ordered for display."""
@@ -126,12 +132,14 @@ class _RunIndex:
 
     def value(self, kind, trainer, config, shots, dataset):
         seeds = self.groups.get((kind, trainer, config, shots), {}).get(dataset)
-        return _seed_value(list(seeds.values())) if seeds else None
+        return _seed_value({seed: run.accuracy for seed, run in seeds.items()}) if seeds else None
 
     def datasets(self, kind, trainer, config, shots):
         return set(self.groups.get((kind, trainer, config, shots), {}))
 
     def outliers(self, groups, datasets):
+        """Seeds more than ``outlier`` points from the median of their cell (3 seeds or more:
+        the median of all of them, which one bad seed cannot move)."""
         notes = []
         for (kind, trainer, config, shots), per_dataset in sorted(self.groups.items()):
             if (kind, trainer, config, shots) not in groups:
@@ -139,11 +147,12 @@ class _RunIndex:
             for dataset, seeds in sorted(per_dataset.items()):
                 if len(seeds) < 3 or dataset not in datasets:
                     continue
-                median = statistics.median(seeds.values())
-                for seed, acc in sorted(seeds.items()):
-                    if abs(acc - median) > OUTLIER_MARGIN:
+                median = statistics.median(run.accuracy for run in seeds.values())
+                for seed, run in sorted(seeds.items()):
+                    if abs(run.accuracy - median) > self.outlier:
                         notes.append(f"Outlier: {trainer}/{config} {kind} {dataset} seed {seed}: "
-                                     f"{acc:.2f} vs median {median:.2f}; check it before averaging.")
+                                     f"{run.accuracy:.2f} vs median {median:.2f} of {len(seeds)} seeds, "
+                                     f"in {run.path}; check it before averaging.")
         return notes
 
 
@@ -202,8 +211,9 @@ def _unfinished_note(index, groups, datasets):
 def _common_notes(index, kinds, methods, datasets):
     """Legend, runs left out, and seeds far from their cell's median, for this table only."""
     groups = {(kind,) + m for kind in kinds for m in methods}
-    notes = [f"- `*`: fewer than {EXPECTED_SEEDS} seeds; `(k/N)`: an average over k of N "
-             "datasets; `-`: no run."]
+    selected = f" (seeds {', '.join(map(str, index.seeds))} selected)" if index.seeds else ""
+    notes = [f"- `(n=K)`: the mean of K seeds{selected}; `(k/N)`: an average over k of N datasets; "
+             "`-`: no run."]
     notes += ["- " + n for n in _unfinished_note(index, groups, set(datasets))]
     notes += ["- " + n for n in index.outliers(groups, set(datasets))]
     return notes
@@ -213,6 +223,16 @@ def _shown(columns, used, all_datasets):
     return list(columns) if all_datasets else [d for d in columns if d in used]
 
 
+def _own_datasets(used):
+    """Own data (ImageFolder runs, named by DATASET.TAG): shown after the benchmarks, never
+    part of their averages."""
+    return sorted(d for d in used if d not in ALL_DATASETS)
+
+
+def _own_note(own):
+    return [f"- Own datasets ({', '.join(own)}) are shown but not in the averages."] if own else []
+
+
 def few_shot_table(index, shots=16, paper=False, all_datasets=False):
     methods = index.methods(FEW_SHOT, shots)
     # The ImageNet run of the cross-dataset protocol has the few-shot layout; it belongs
@@ -220,11 +240,13 @@ def few_shot_table(index, shots=16, paper=False, all_datasets=False):
     sources = {(t, c, s) for (t, c, s) in index.methods(EVALUATION, shots)}
     methods = [m for m in methods
                if not (m in sources and index.datasets(FEW_SHOT, *m) <= {SOURCE_DATASET})]
-    methods = [m for m in methods if index.datasets(FEW_SHOT, *m) & set(ELEVEN_DATASETS)]
+    methods = [m for m in methods if index.datasets(FEW_SHOT, *m) & set(ELEVEN_DATASETS)
+               or _own_datasets(index.datasets(FEW_SHOT, *m))]
     if not methods:
         return None
     used = set().union(*(index.datasets(FEW_SHOT, *m) for m in methods))
-    columns = _shown(ELEVEN_DATASETS, used, all_datasets)
+    own = _own_datasets(used)
+    columns = _shown(ELEVEN_DATASETS, used, all_datasets) + own
     labels = _labels(methods)
     method_rows = {}
     for m in methods:
@@ -239,7 +261,7 @@ def few_shot_table(index, shots=16, paper=False, all_datasets=False):
             cells = [_single(_paper_value(prow.values.get(d))) for d in columns]
             rows.append((_paper_label(prow), cells + [_single(_paper_value(prow.average))]))
     header = ["Method"] + [display_name(d) for d in columns] + ["Average"]
-    notes = _common_notes(index, {FEW_SHOT}, methods, ELEVEN_DATASETS)
+    notes = _common_notes(index, {FEW_SHOT}, methods, ELEVEN_DATASETS + tuple(own)) + _own_note(own)
     return Table(FEW_SHOT_TABLE, TITLES[FEW_SHOT_TABLE].format(shots=shots), header, rows,
                  notes=notes)
 
@@ -248,14 +270,20 @@ def _paper_value(number):
     return None if number is None else Value(mean=number)
 
 
-def _transfer_table(index, key, targets, shots, paper_rows, paper, all_datasets, average_label):
-    """Tables II and IV: the ImageNet source accuracy, then eval-only targets, then their mean."""
+def _transfer_table(index, key, targets, shots, paper_rows, paper, all_datasets, average_label,
+                    with_own=False):
+    """Tables II and IV: the ImageNet source accuracy, then eval-only targets, then their mean.
+    ``with_own``: own datasets evaluated as targets get columns too (not in the mean)."""
+    def own_of(m):
+        return _own_datasets(index.datasets(EVALUATION, *m)) if with_own else []
+
     methods = [m for m in index.methods(EVALUATION, shots)
-               if index.datasets(EVALUATION, *m) & set(targets)]
+               if index.datasets(EVALUATION, *m) & set(targets) or own_of(m)]
     if not methods:
         return None
     used = set().union(*(index.datasets(EVALUATION, *m) for m in methods))
-    columns = _shown(targets, used, all_datasets)
+    own = _own_datasets(used) if with_own else []
+    columns = _shown(targets, used, all_datasets) + own
     labels = _labels(methods)
     method_rows = {}
     for m in methods:
@@ -278,15 +306,15 @@ def _transfer_table(index, key, targets, shots, paper_rows, paper, all_datasets,
             rows.append((_paper_label(prow), cells))
     header = (["Method", f"{display_name(SOURCE_DATASET)} (source)"]
               + [display_name(d) for d in columns] + [average_label])
-    notes = (_common_notes(index, {EVALUATION}, methods, targets)
-             + _common_notes(index, {FEW_SHOT}, methods, [SOURCE_DATASET])[1:])
+    notes = (_common_notes(index, {EVALUATION}, methods, tuple(targets) + tuple(own))
+             + _common_notes(index, {FEW_SHOT}, methods, [SOURCE_DATASET])[1:] + _own_note(own))
     return Table(key, TITLES[key].format(shots=shots), header, rows, notes=notes)
 
 
 def cross_dataset_table(index, shots=16, paper=False, all_datasets=False):
     return _transfer_table(index, CROSS_DATASET_TABLE, CROSS_DATASET_TARGETS, shots,
                            paper_numbers.CROSS_DATASET, paper, all_datasets,
-                           f"Average ({len(CROSS_DATASET_TARGETS)} targets)")
+                           f"Average ({len(CROSS_DATASET_TARGETS)} targets)", with_own=True)
 
 
 def domain_generalization_table(index, shots=16, paper=False, all_datasets=False):
@@ -330,7 +358,8 @@ def base2new_table(index, shots=16, paper=False, all_datasets=False):
     used = set()
     for m in methods:
         used |= index.datasets(TRAIN_BASE, *m) | index.datasets(TEST_NEW, *m)
-    datasets = _shown(ELEVEN_DATASETS, used, all_datasets)
+    own = _own_datasets(used)
+    datasets = _shown(ELEVEN_DATASETS, used, all_datasets) + own
     labels = _labels(methods)
 
     columns = {}   # column label -> per-row cells (datasets..., average)
@@ -338,8 +367,8 @@ def base2new_table(index, shots=16, paper=False, all_datasets=False):
     for m in methods:
         base = [index.value(TRAIN_BASE, *m, d) for d in ELEVEN_DATASETS]
         new = [index.value(TEST_NEW, *m, d) for d in ELEVEN_DATASETS]
-        by_name = dict(zip(ELEVEN_DATASETS, zip(base, new)))
-        cells = [_b2n_cell(*by_name[d]) for d in datasets] + [base2new_average(base, new)]
+        cells = ([_b2n_cell(index.value(TRAIN_BASE, *m, d), index.value(TEST_NEW, *m, d))
+                  for d in datasets] + [base2new_average(base, new)])
         project[m] = cells
         columns[labels[m]] = cells
     for main in [m for m in methods if m[0] == MAIN_METHOD]:
@@ -366,11 +395,26 @@ def base2new_table(index, shots=16, paper=False, all_datasets=False):
     row_labels = [display_name(d) for d in datasets] + ["Average"]
     rows = [(label, [columns[c][i] for c in columns]) for i, label in enumerate(row_labels)]
     header = ["Dataset"] + list(columns)
-    notes = _common_notes(index, {TRAIN_BASE, TEST_NEW}, methods, ELEVEN_DATASETS)
+    notes = _common_notes(index, {TRAIN_BASE, TEST_NEW}, methods, ELEVEN_DATASETS + tuple(own))
     notes.insert(1, "- Average: mean base and mean new over the datasets that have both; "
                     "HM of those two means (not the mean of per-dataset HMs).")
+    notes += _mixed_seed_notes(index, methods, datasets, labels)
+    notes += _own_note(own)
     return Table(BASE2NEW_TABLE, TITLES[BASE2NEW_TABLE], header, rows,
                  metrics=("base", "new", "hm"), notes=notes)
+
+
+def _mixed_seed_notes(index, methods, datasets, labels):
+    """A base/new pair averaged over different seeds: its HM mixes runs that do not belong together."""
+    notes = []
+    for m in methods:
+        for d in datasets:
+            base, new = index.value(TRAIN_BASE, *m, d), index.value(TEST_NEW, *m, d)
+            if base is not None and new is not None and base.seeds != new.seeds:
+                notes.append(f"- Mixed seeds: {labels[m]} on {display_name(d)} averages base over seeds "
+                             f"{', '.join(map(str, base.seeds))} but new over seeds "
+                             f"{', '.join(map(str, new.seeds))}; run the missing ones or pass --seeds.")
+    return notes
 
 
 BUILDERS = {
@@ -381,8 +425,16 @@ BUILDERS = {
 }
 
 
-def build_tables(runs, keys=TABLE_KEYS, shots=16, paper=False, all_datasets=False):
-    """{table key: Table or None (no runs)} in the order of ``keys``."""
-    index = _RunIndex(runs)
-    return {key: BUILDERS[key](index, shots=shots, paper=paper, all_datasets=all_datasets)
+def table_shots(key, shots):
+    """``shots`` selects the few-shot table's runs; the other protocols keep theirs."""
+    return shots if key == FEW_SHOT_TABLE else PROTOCOL_SHOTS
+
+
+def build_tables(runs, keys=TABLE_KEYS, shots=16, paper=False, all_datasets=False, seeds=None,
+                 outlier=DEFAULT_OUTLIER):
+    """{table key: Table or None (no runs)} in the order of ``keys``; ``seeds``: only these
+    (default: every seed found); ``outlier``: points from a cell's median that flag a seed."""
+    index = _RunIndex(runs, seeds, outlier)
+    return {key: BUILDERS[key](index, shots=table_shots(key, shots), paper=paper,
+                               all_datasets=all_datasets)
             for key in keys}

@@ -13,6 +13,10 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (run by tools/gpu_check.sh; skipped elsewhere)")
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_path(tmp_path_factory):
     """A 224-px, 12+12-layer random CLIP saved as a state dict (what make_tiny_clip.py writes)."""

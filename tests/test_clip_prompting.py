@@ -4,7 +4,8 @@ import torch
 
 from trainers.clip_prompting import (ClassPrompts, ImageEncoder, TextEncoder, deep_prompt_hook,
                                      init_context, load_clip, tiny_clip, tokenize)
-from trainers.clip_prompting.loading import ClipWeightsNotFound, resolve_weights
+from trainers.clip_prompting.loading import (ClipWeightsError, ClipWeightsNotFound, check_architecture,
+                                             file_architecture, load_clip_from_cfg, resolve_weights)
 
 CLASSNAMES = ["dog", "golden_retriever", "sea lion", "airliner"]
 
@@ -142,8 +143,55 @@ def test_visual_prompt_methods_refuse_a_resnet_backbone():
     resnet = build_clip(64, 64, (1, 1, 1, 1), 64, None, transformer_width=64, transformer_layers=2)
     encoder = ImageEncoder(resnet)
     assert encoder(torch.randn(1, 3, 64, 64)).shape == (1, 64)  # plain features still work
-    with pytest.raises(ValueError, match=r"TRAINER.MUDPT: visual prompts need a ViT backbone "
-                                         r"\(MODEL.BACKBONE.NAME is RN50\)"):
-        encoder.require_vit("TRAINER.MUDPT", "RN50")
+    # the message names what the weights are, also when MODEL.BACKBONE.NAME says otherwise
+    with pytest.raises(ValueError, match=r"TRAINER.MUDPT: this method works inside the image transformer, so it needs a ViT "
+                                         r"backbone \(MODEL.BACKBONE.NAME "
+                                         r"is ViT-B/16, but the CLIP weights are ResNet \(custom: blocks 1-1-1-1, "
+                                         r"width 64, 64 px\)\)"):
+        encoder.require_vit("TRAINER.MUDPT", "ViT-B/16")
     with pytest.raises(ValueError, match="ResNet CLIP backbones support text-side methods only"):
         encoder(torch.randn(1, 3, 64, 64), prompts=torch.zeros(2, 64))
+
+
+# OpenAI's models by their build arguments: embed dim, input px, vision layers, vision width,
+# patch (None: ResNet), text width. Built on the meta device: shapes only, no memory, no weights.
+OPENAI_SHAPES = {
+    "RN50": (1024, 224, (3, 4, 6, 3), 64, None, 512),
+    "RN101": (512, 224, (3, 4, 23, 3), 64, None, 512),
+    "RN50x4": (640, 288, (4, 6, 10, 6), 80, None, 640),
+    "ViT-B/32": (512, 224, 12, 768, 32, 512),
+    "ViT-L/14@336px": (768, 336, 24, 1024, 14, 768),
+}
+
+
+@pytest.mark.parametrize("name", OPENAI_SHAPES)
+def test_architecture_is_read_from_the_weights(name):
+    from clip.model import CLIP
+    embed, pixels, layers, width, patch, text_width = OPENAI_SHAPES[name]
+    with torch.device("meta"):
+        model = CLIP(embed, pixels, layers, width, patch, 77, 49408, text_width, text_width // 64, 12)
+    assert file_architecture(model.state_dict(), "w.pt") == name
+
+
+def test_a_custom_clip_runs_under_a_standard_name_of_its_family_and_is_logged(tiny_clip_path, capsys):
+    load_clip("ViT-B/16", tiny_clip_path)  # what the tests and the demo do
+    out = capsys.readouterr().out
+    assert "CLIP architecture: ViT (custom: width 64, 12 layers, patch 32, 224 px)\n" in out
+    assert "not the standard ViT-B/16" in out
+    check_architecture("ViT-B/16", "ViT-B/16", "w.pt")
+    check_architecture("my-mini-clip", "RN50", "w.pt")  # not a standard name: nothing to contradict
+    with pytest.raises(ClipWeightsError, match=r'MODEL.BACKBONE.NAME is ViT-B/32, but "w.pt" holds ViT-B/16 '
+                                               r"weights: set MODEL.BACKBONE.NAME ViT-B/16"):
+        check_architecture("ViT-B/32", "ViT-B/16", "w.pt")
+    with pytest.raises(ClipWeightsError, match=r"holds ViT \(custom: .*\) weights: use a ViT name"):
+        check_architecture("RN50", "ViT (custom: width 64, 12 layers, patch 32, 224 px)", "w.pt")
+
+
+def test_weights_path_is_optional_in_a_config_of_the_original_dassl(tiny_clip_path, tmp_path, monkeypatch):
+    import shutil
+
+    from yacs.config import CfgNode
+    shutil.copy(tiny_clip_path, tmp_path / "ViT-B-16.pt")  # the CLIP cache's file name
+    monkeypatch.setattr("trainers.clip_prompting.loading.CLIP_CACHE_DIR", str(tmp_path))
+    cfg = CfgNode({"MODEL": {"BACKBONE": {"NAME": "ViT-B/16", "PRETRAINED": True}}})  # no PATH key
+    assert load_clip_from_cfg(cfg).visual.conv1.weight.shape == (64, 3, 32, 32)

@@ -211,7 +211,7 @@ def test_fewshot_sample_follows_the_original_random_order(tmp_path):
 def test_same_seed_same_images_other_seed_other_images(tmp_path, capsys):
     make("oxford_pets", str(tmp_path), images_per_class=20)
     first = build("oxford_pets", str(tmp_path), shots=2, seed=1)
-    os.remove(tmp_path / "oxford_pets" / "split_fewshot" / "shot_2-seed_1.pkl")
+    os.remove(tmp_path / "oxford_pets" / "split_fewshot" / "shot_2-seed_1.json")
     again = build("oxford_pets", str(tmp_path), shots=2, seed=1)
     cached = build("oxford_pets", str(tmp_path), shots=2, seed=1)
     other = build("oxford_pets", str(tmp_path), shots=2, seed=2)
@@ -222,7 +222,8 @@ def test_same_seed_same_images_other_seed_other_images(tmp_path, capsys):
     assert paths != [i.impath for i in other.train_x]
     hashes = [line.rsplit(" ", 1)[1] for line in out.splitlines() if "image-list hash" in line]
     assert len(hashes) == 4 and hashes[0] == hashes[1] == hashes[2] != hashes[3]
-    assert os.path.isfile(tmp_path / "oxford_pets" / "split_fewshot" / "shot_2-seed_2.pkl")
+    assert [d.fewshot_hash for d in (first, again, cached, other)] == hashes  # for results.json
+    assert os.path.isfile(tmp_path / "oxford_pets" / "split_fewshot" / "shot_2-seed_2.json")
 
 
 def test_fewshot_before_base_new_subsampling(tmp_path):
@@ -335,3 +336,100 @@ def test_unknown_dataset_name_lists_the_registered_ones():
     with pytest.raises(ValueError) as info:
         build_dataset(cfg)
     assert "OxfordPets" in str(info.value) and "datasets/" in str(info.value)
+
+
+def test_classes_short_of_shots_get_one_note_also_from_the_cache(tmp_path, capsys):
+    make("dtd", str(tmp_path), images_per_class=10)  # 5 train, 2 val per class
+    split_path = os.path.join(str(tmp_path), "dtd", "split_zhou_DescribableTextures.json")
+    with open(split_path) as f:
+        split = json.load(f)
+    dropped = [e for e in split["train"] if e[2] == "banded"][:3]  # banded keeps 2 train images
+    split["train"] = [e for e in split["train"] if e not in dropped]
+    with open(split_path, "w") as f:
+        json.dump(split, f)
+    for _ in ("sampled", "cached"):
+        dataset = build("dtd", str(tmp_path), shots=4, seed=1)
+        notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Note:")]
+        assert notes == [
+            "Note: NUM_SHOTS=4, but train: 1 of 5 classes have fewer than 4 images (min 2: banded); "
+            "val: 5 of 5 classes have fewer than 4 images (min 2: banded, blotchy, braided, "
+            "bubbly, bumpy). These classes keep all their images."]
+        assert per_label(dataset.train_x) == {0: 2, 1: 4, 2: 4, 3: 4, 4: 4}
+
+
+def test_image_folder_stops_on_a_class_without_images_in_a_split(tmp_path):
+    root = tmp_path / "mine"
+    make("image_folder", str(root), num_classes=4)
+    for image in os.listdir(root / "train" / "dog"):
+        os.remove(root / "train" / "dog" / image)  # an empty class folder
+    with pytest.raises(ValueError) as info:
+        build("image_folder", str(root))
+    message = str(info.value)
+    assert 'Class "dog" has no images in train/' in message
+    assert str(root / "train" / "dog") in message and "remove the class folder" in message
+
+    os.rmdir(root / "train" / "dog")  # a class only the other splits have
+    with pytest.raises(ValueError, match='Class "dog" has no images in train/'):
+        build("image_folder", str(root))
+    shutil.rmtree(root / "test" / "horse")
+    shutil.rmtree(root / "val" / "dog")
+    shutil.rmtree(root / "test" / "dog")
+    with pytest.raises(ValueError, match='Class "horse" has no images in test/'):
+        build("image_folder", str(root))
+
+
+def test_image_folder_labels_come_from_the_classes_of_all_splits(tmp_path):
+    root = tmp_path / "mine"
+    make("image_folder", str(root), num_classes=3)  # cat, dog, horse
+    for split in ("train", "val", "test"):  # a class whose name sorts first
+        shutil.copytree(root / split / "cat", root / split / "ant")
+    dataset = build("image_folder", str(root))
+    assert dataset.classnames == ["ant", "cat", "dog", "horse"]
+    for items in (dataset.train_x, dataset.val, dataset.test):
+        assert {(i.label, i.classname) for i in items} == set(enumerate(dataset.classnames))
+
+
+def test_image_folder_split_file_with_an_untrained_class_is_refused(tmp_path):
+    root = tmp_path / "mine"
+    make("image_folder", str(root))
+    build("image_folder", str(root))  # records the split
+    split_path = root / "split_ImageFolder.json"
+    split = json.loads(split_path.read_text())
+    split["train"] = [e for e in split["train"] if e[2] != "dog"]
+    split_path.write_text(json.dumps(split))
+    with pytest.raises(ValueError) as info:
+        build("image_folder", str(root))
+    assert 'lists class "dog" in "val" but not in "train"' in str(info.value)
+    assert str(split_path) in str(info.value) and "Delete that file" in str(info.value)
+
+
+def test_own_dataset_is_named_by_its_tag_or_its_folder(tmp_path, capsys):
+    root = tmp_path / "my_flowers"
+    make("image_folder", str(root))
+    dataset = build("image_folder", str(root) + "/")
+    assert dataset.tag == "my_flowers"
+    assert 'Own dataset "my_flowers" (DATASET.TAG' in capsys.readouterr().out
+    cfg = get_cfg_default()
+    assert cfg.DATASET.TAG == ""
+    cfg.DATASET.ROOT, cfg.DATASET.NAME, cfg.DATASET.TAG = str(root), "ImageFolder", "flowers_v2"
+    assert build_dataset(cfg).tag == "flowers_v2"
+
+
+@pytest.mark.parametrize("entry, shown", [
+    (["images/banded/banded_0001.jpg", 0], '["images/banded/banded_0001.jpg", 0]'),
+    ({"path": "a.jpg", "label": 0}, '{"path": "a.jpg", "label": 0}'),
+    (["banded/banded_0001.jpg", "zero", "banded"], '["banded/banded_0001.jpg", "zero", "banded"]'),
+])
+def test_split_entry_of_the_wrong_shape_is_named(tmp_path, entry, shown):
+    fake = make("dtd", str(tmp_path))
+    split_path = os.path.join(fake.dataset_dir, "split_zhou_DescribableTextures.json")
+    with open(split_path) as f:
+        split = json.load(f)
+    split["val"][3] = entry
+    with open(split_path, "w") as f:
+        json.dump(split, f)
+    with pytest.raises(ValueError) as info:
+        build("dtd", str(tmp_path))
+    message = str(info.value)
+    assert message.startswith(f'Split file {split_path}: entry 3 of the "val" list is {shown}; ')
+    assert "expected [relative_path, label, classname]" in message

@@ -155,6 +155,37 @@ def test_seeded_loaders_shuffle_reproducibly(items):
     assert sorted(sum(first, [])) == list(range(10)) and sum(first, []) != list(range(10))
 
 
+class DrawingWrapper(torch.utils.data.Dataset):
+    """Stands for DatasetWrapper with one random augmentation: draws one torch.rand(1) per item."""
+
+    def __init__(self, cfg, data_source, transform=None, is_train=False):
+        self.data_source = data_source
+
+    def __len__(self):
+        return len(self.data_source)
+
+    def __getitem__(self, idx):
+        return {"index": idx, "draw": torch.rand(1)}
+
+
+def test_loader_follows_the_original_global_rng_semantics():
+    """Same seed, same batches and augmentation draws as the original engine (values taken
+    from Dassl.pytorch's build_data_loader on torch 2.13: no generator, no worker_init_fn)."""
+    from dassl.utils import set_random_seed
+    cfg = coop_cfg()
+    source = [Datum.unchecked(f"{i}.jpg", i % 4) for i in range(20)]
+    set_random_seed(1)
+    loader = build_data_loader(cfg, "RandomSampler", source, batch_size=4, is_train=True,
+                               dataset_wrapper=DrawingWrapper)
+    epoch1 = list(loader)
+    assert [b["index"].tolist() for b in epoch1] == [
+        [14, 13, 12, 8], [3, 17, 7, 6], [10, 1, 4, 0], [19, 18, 16, 15], [5, 9, 11, 2]]
+    draws = [[round(x, 4) for x in b["draw"].flatten().tolist()] for b in epoch1[:2]]
+    assert draws == [[0.0293, 0.7999, 0.3971, 0.7544], [0.5695, 0.4388, 0.6387, 0.5247]]
+    assert [b["index"].tolist() for b in loader] == [
+        [19, 11, 9, 5], [1, 3, 18, 12], [10, 6, 7, 0], [8, 4, 15, 13], [16, 17, 2, 14]]
+
+
 def test_samplers(items):
     cls = RandomClassSampler(items, batch_size=4, n_ins=2)
     idx = list(cls)

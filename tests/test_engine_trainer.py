@@ -1,10 +1,4 @@
-"""End-to-end engine tests with a trainer written only against the Dassl API.
-
-``ToyTrainer`` below is shaped like CoOp's own trainer files (check_cfg,
-build_model with build_optimizer/build_lr_scheduler/register_model,
-forward_backward stepping the LR on the last batch), and runs on a tiny
-in-memory dataset of generated images.
-"""
+"""End-to-end engine tests with a trainer written only against the Dassl API (engine_toy)."""
 import logging
 import math
 import os
@@ -14,174 +8,15 @@ import sys
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from PIL import Image
 
-from dassl.config import get_cfg_default
-from dassl.data.datasets import DATASET_REGISTRY, Datum, DatasetBase
-from dassl.engine import TRAINER_REGISTRY, TrainerX, build_trainer
-from dassl.metrics import compute_accuracy
-from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.engine import build_trainer
 from dassl.utils import close_logger, read_json, setup_logger
-
-N_CLASSES = 3
-COLORS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]
+from engine_toy import EPOCH_LINE, Interrupted, ToyTrainer, make_cfg, make_toy_data, run
 
 
-# --------------------------------------------------------------------- plugin code
-@DATASET_REGISTRY.register(force=True)
-class EngineToyDataset(DatasetBase):
-    """Solid-colour images with noise, one colour per class, under DATASET.ROOT/engine_toy."""
-
-    dataset_dir = "engine_toy"
-
-    def __init__(self, cfg):
-        root = osp.join(cfg.DATASET.ROOT, self.dataset_dir)
-        classnames = ["red", "green", "blue"]
-
-        def items(split, n):
-            return [
-                Datum(impath=osp.join(root, split, f"{c}_{i}.png"), label=c,
-                      classname=classnames[c])
-                for c in range(N_CLASSES) for i in range(n)
-            ]
-
-        super().__init__(train_x=items("train", 4), val=items("val", 2), test=items("test", 3))
-
-
-class ToyPromptLearner(nn.Module):
-    """Frozen 'backbone', trainable context and head, and three kinds of buffers."""
-
-    def __init__(self, n_cls, size):
-        super().__init__()
-        self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, 8))
-        self.ctx = nn.Parameter(torch.zeros(8))
-        self.head = nn.Linear(8, n_cls)
-        self.register_buffer("token_prefix", torch.randn(n_cls, 2))  # class-dependent
-        self.register_buffer("scale", torch.ones(1))  # persistent state
-        self.register_buffer("scratch", torch.zeros(1), persistent=False)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.backbone(x)) + self.ctx) * self.scale
-
-
-@TRAINER_REGISTRY.register(force=True)
-class ToyTrainer(TrainerX):
-    def check_cfg(self, cfg):
-        if cfg.OPTIM.NAME not in ("sgd", "adam"):
-            raise ValueError("toy trainer needs sgd or adam")
-
-    def build_model(self):
-        cfg = self.cfg
-        self.model = ToyPromptLearner(self.num_classes, cfg.INPUT.SIZE[0])
-        for p in self.model.backbone.parameters():
-            p.requires_grad_(False)
-        self.model.to(self.device)
-        self.optim = build_optimizer(self.model, cfg.OPTIM)
-        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
-        self.register_model("prompt_learner", self.model, self.optim, self.sched)
-
-    def forward_backward(self, batch):
-        image, label = self.parse_batch_train(batch)
-        output = self.model(image)
-        loss = F.cross_entropy(output, label)
-        self.model_backward_and_update(loss)
-        summary = {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return summary
-
-    def parse_batch_train(self, batch):
-        return batch["img"].to(self.device), batch["label"].to(self.device)
-
-
-class Interrupted(Exception):
-    pass
-
-
-@TRAINER_REGISTRY.register(force=True)
-class CrashingToyTrainer(ToyTrainer):
-    """Dies right after the checkpoint of epoch 2 (a killed job)."""
-
-    def after_epoch(self):
-        super().after_epoch()
-        if self.epoch == 1:
-            raise Interrupted
-
-
-@TRAINER_REGISTRY.register(force=True)
-class NoModelTrainer(TrainerX):
-    """A zero-shot style trainer: no registered model, nothing to train."""
-
-    training_free = True
-
-    def build_model(self):
-        self.model = lambda x: torch.zeros(x.shape[0], self.num_classes).index_fill_(1, torch.tensor([0]), 1.0)
-
-
-# --------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 4), ("val", 2), ("test", 3)):
-        folder = root / "engine_toy" / split
-        folder.mkdir(parents=True)
-        for c, colour in enumerate(COLORS):
-            for i in range(n):
-                noise = torch.randint(-25, 25, (20, 20, 3), generator=gen)
-                pixels = (torch.tensor(colour) + noise).clamp(0, 255).to(torch.uint8)
-                Image.fromarray(pixels.numpy()).save(folder / f"{c}_{i}.png")
-    return str(root)
-
-
-def make_cfg(data_root, output_dir, trainer="ToyTrainer", max_epoch=2, **overrides):
-    cfg = get_cfg_default()
-    opts = [
-        "TRAINER.NAME", trainer, "DATASET.NAME", "EngineToyDataset", "DATASET.ROOT", data_root,
-        "OUTPUT_DIR", str(output_dir), "SEED", "1", "USE_CUDA", "False",
-        "INPUT.SIZE", "(16, 16)", "INPUT.INTERPOLATION", "bicubic",
-        "INPUT.TRANSFORMS", "['random_resized_crop', 'random_flip', 'normalize']",
-        "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-        "DATALOADER.TEST.BATCH_SIZE", "4",
-        "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.MAX_EPOCH", str(max_epoch),
-        "OPTIM.LR_SCHEDULER", "cosine", "OPTIM.WARMUP_EPOCH", "1",
-        "OPTIM.WARMUP_TYPE", "constant", "OPTIM.WARMUP_CONS_LR", "1e-5",
-        "TRAIN.PRINT_FREQ", "5",
-    ]
-    for key, value in overrides.items():
-        opts += [key.replace("__", "."), value]
-    cfg.merge_from_list(opts)
-    cfg.freeze()
-    return cfg
-
-
-def run(cfg, eval_only=False, model_dir="", load_epoch=None, trainer_cls=None):
-    """What train.py does, in miniature; returns the trainer and the log text."""
-    from dassl.utils import set_random_seed
-
-    log_path = setup_logger(cfg.OUTPUT_DIR)
-    try:
-        set_random_seed(cfg.SEED)
-        trainer = trainer_cls(cfg) if trainer_cls else build_trainer(cfg)
-        if eval_only:
-            trainer.load_model(model_dir, epoch=load_epoch)
-            trainer.test()
-            trainer.write_final_results()
-        else:
-            trainer.train()
-    finally:
-        close_logger()
-    with open(log_path) as f:
-        return trainer, f.read()
-
-
-EPOCH_LINE = re.compile(
-    r"^epoch \[(\d+)/(\d+)\] batch \[(\d+)/(\d+)\] time \d+\.\d{3} \(\d+\.\d{3}\) "
-    r"data \d+\.\d{3} \(\d+\.\d{3}\) loss \d+\.\d{4} \(\d+\.\d{4}\) "
-    r"acc \d+\.\d{4} \(\d+\.\d{4}\) lr (\d\.\d{4}e[+-]\d\d) eta \d+:\d\d:\d\d$"
-)
+    return make_toy_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
@@ -366,3 +201,39 @@ def test_unknown_trainer_error_lists_names_and_packages(data_root, tmp_path):
     msg = str(info.value)
     assert "but got [ToyTrainr] (do you mean [ToyTrainer]?)" in msg
     assert "'ToyTrainer'" in msg and "`trainers/`" in msg and "`datasets/`" in msg
+
+
+def test_scalars_go_to_tensorboard_and_metrics_csv(trained):
+    """Loss, accuracy and LR per iteration and the test metrics: in the event file and in metrics.csv."""
+    import csv
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(osp.join(trained["out"], "tensorboard"))
+    events.Reload()
+    loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [step for step, _ in loss] == list(range(6))  # 2 epochs x 3 batches
+    with open(osp.join(trained["out"], "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    csv_loss = [(int(r["step"]), float(r["value"])) for r in rows if r["tag"] == "train/loss"]
+    assert [s for s, _ in csv_loss] == [s for s, _ in loss]
+    assert [v for _, v in csv_loss] == pytest.approx([v for _, v in loss], rel=1e-5)
+    # the value logged at the last step is the epoch's running average printed in its last line
+    last_line = [line for line in trained["log"].splitlines() if line.startswith("epoch [2/2] batch [3/3]")][0]
+    printed_avg = float(last_line.split(" loss ")[1].split()[1].strip("()"))
+    assert loss[-1][1] == pytest.approx(printed_avg, abs=5e-5)
+    accuracy = read_json(osp.join(trained["out"], "results.json"))["metrics"]["accuracy"]
+    assert [float(r["value"]) for r in rows if r["tag"] == "test/accuracy"] == pytest.approx([accuracy])
+    assert [e.value for e in events.Scalars("test/accuracy")] == pytest.approx([accuracy])
+    assert {r["tag"] for r in rows} >= {"train/loss", "train/acc", "train/lr", "test/accuracy"}
+
+
+def test_long_evaluations_report_progress_about_every_tenth(capsys):
+    from dassl.engine.trainer import EvaluationProgress
+    progress = EvaluationProgress(25)
+    for batch_idx in range(25):
+        progress.update(batch_idx)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("]")[0] for line in lines] == [f"evaluated batch [{i}/25" for i in range(3, 25, 3)]
+    short = EvaluationProgress(12)  # a short evaluation prints nothing but its result
+    for batch_idx in range(12):
+        short.update(batch_idx)
+    assert capsys.readouterr().out == ""

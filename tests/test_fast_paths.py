@@ -11,13 +11,24 @@ CLASSNAMES = ["dog", "sea_lion", "airliner", "golden retriever", "tabby cat"]
 MODELS = [
     ("trainers.coop", "CoOpCLIP"), ("trainers.cocoop", "CoCoOpCLIP"), ("trainers.mudpt", "MuDPTCLIP"),
     ("trainers.vpt", "VPTCLIP"), ("trainers.ivlp", "IVLPCLIP"), ("trainers.maple", "MaPLeCLIP"),
-    ("trainers.dcp", "DCPCLIP"), ("trainers.dpt", "DPTCLIP"),
+    ("trainers.dcp", "DCPCLIP"), ("trainers.dpt", "DPTCLIP"), ("trainers.kgcoop", "KgCoOpCLIP"),
+    ("trainers.promptsrc", "PromptSRCCLIP"), ("trainers.mma", "MMACLIP"), ("trainers.cliplora", "CLIPLoRACLIP"),
 ]
+# Settings that make a method's additions matter: adapters at a visible scale, also on the inputs
+# (layer 0); LoRA on every projection.
+OVERRIDES = {"MMACLIP": ("MMA", {"ADAPTER_SCALE": 0.5, "ADAPTER_START": 0}),
+             "CLIPLoRACLIP": ("CLIPLORA", {"PARAMS": ["q", "k", "v", "o"]})}
 
 
 def build(module, cls, clip_model):
     torch.manual_seed(0)
-    return getattr(importlib.import_module(module), cls)(trainers.build_cfg(), CLASSNAMES, clip_model).eval()
+    node, keys = OVERRIDES.get(cls, (None, {}))
+    model = getattr(importlib.import_module(module), cls)(trainers.build_cfg(node, **keys), CLASSNAMES, clip_model)
+    with torch.no_grad():  # a zero-initialised tensor (LoRA's B) would leave its part of the forward untested
+        for p in model.parameters():
+            if p.requires_grad and not p.any():
+                p.normal_(std=0.1)
+    return model.eval()
 
 
 @pytest.mark.parametrize("module, cls", MODELS, ids=[m[1] for m in MODELS])

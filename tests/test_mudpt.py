@@ -1,14 +1,17 @@
 """MuDPT: parameter counts from the spec, placement of prompts, gradients, config errors."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import trainers
-from trainers.clip_prompting import vit_b16_shaped_clip
+from trainers.clip_prompting import tokenize, vit_b16_shaped_clip
 from trainers.coop import CoOpCLIP
 from trainers.mudpt import MuDPTCLIP
 
 CLASSNAMES = ["dog", "sea_lion", "airliner"]
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "trainers", "MuDPT")
 
 
 def mudpt_cfg(**keys):
@@ -30,11 +33,56 @@ def vit_b16():
     ({"INJECTION": "linear", "SHALLOW_FUSION": True}, 1_243_136),         # released HEAD MuDPT
     ({"INJECTION": "linear", "SHALLOW_FUSION": True, "N_CTX": 2, "DEEP_PROMPT_DEPTH": 8}, 1_202_176),
     ({"INJECTION": "linear"}, 849_152),
+    ({"INJECTION_NORM": "pre", "SHALLOW_FUSION": True, "VISUAL_PROMPTS": "from_text",    # released UMuDPT
+      "N_CTX": 2, "DEEP_PROMPT_DEPTH": 9}, 3_557_632),
 ])
 def test_trainable_parameter_counts_on_vit_b16(vit_b16, keys, expected):
     model = MuDPTCLIP(mudpt_cfg(**keys), CLASSNAMES, vit_b16)
     assert count(model) == expected
     assert count(model.prompt_learner) == expected  # everything trainable lives in the learner
+
+
+def released_cfg(name):
+    cfg = mudpt_cfg()
+    cfg.merge_from_file(os.path.join(CONFIGS, f"vit_b16_released_{name}.yaml"))
+    return cfg
+
+
+def test_umudpt_makes_every_visual_prompt_from_the_text_prompts(tiny_clip_model):
+    model = MuDPTCLIP(released_cfg("umudpt_nctx2_depth9"), CLASSNAMES, tiny_clip_model)
+    learner = model.prompt_learner
+    assert learner.classes.eot_index.tolist() == [5, 6, 6]  # "a photo dog.": the released prefix
+    assert count(model) == 55_552  # the released UMuDPT on a width-64, 12-layer CLIP
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"prompt_learner.text_ctx", "prompt_learner.text_deep"} <= names
+    assert not any("visual_" in n or "inj_v2t" in n or "shallow_t2v" in n for n in names)
+    with torch.no_grad():
+        prompts = learner()
+        # proj(LN_post(pre-LN block(LN_pre([T_0; T_1..T_8])))): index 0 is V_0, the rest V_1..V_8
+        t2v = learner.inj_t2v
+        mapped = t2v.proj(t2v.ln_post(t2v.block(t2v.ln_pre(torch.cat([learner.text_ctx[None], learner.text_deep])))))
+        assert mapped.shape == (9, 2, 64)
+        assert torch.allclose(prompts["visual"], mapped[0]) and torch.allclose(prompts["visual_deep"], mapped[1:])
+        assert torch.equal(prompts["text_deep"], learner.text_deep)  # no vision-to-text path
+    F.cross_entropy(model(torch.randn(1, 3, 224, 224)), torch.tensor([2])).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.parameters())
+
+
+def test_released_prefix_keeps_only_the_first_n_ctx_words(tiny_clip_model):
+    template = MuDPTCLIP(mudpt_cfg(N_CTX=2), CLASSNAMES, tiny_clip_model).prompt_learner
+    released = MuDPTCLIP(released_cfg("linear_nctx2_depth8"), CLASSNAMES, tiny_clip_model).prompt_learner
+    ids = lambda text: tokenize([text])[0]  # noqa: E731
+    # "a photo of a dog." keeps "of a" as frozen tokens; the released rule gives "a photo dog."
+    assert torch.equal(template.classes.tokenized_prompts[0], ids("a photo of a dog."))
+    assert torch.equal(released.classes.tokenized_prompts[0], ids("a photo dog."))
+    assert torch.equal(released.classes.tokenized_prompts[1], ids("a photo sea lion."))
+    assert released.classes.eot_index.tolist() == [5, 6, 6]
+    assert torch.equal(released.text_ctx, template.text_ctx)  # both start from the embeddings of "a photo"
+    with torch.no_grad():
+        text = released()["text"]
+    assert torch.allclose(text[0, 3:4], tiny_clip_model.token_embedding(ids("a photo dog.")[3:4]))  # "dog"
+    at_four = MuDPTCLIP(mudpt_cfg(PREFIX="released"), CLASSNAMES, tiny_clip_model).prompt_learner
+    assert torch.equal(at_four.classes.tokenized_prompts[0], ids("a photo of a dog."))  # N_CTX 4: no change
 
 
 def test_only_prompts_and_injection_learn_and_all_get_gradients(tiny_clip_model):
@@ -132,6 +180,9 @@ def test_depth_one_text_side_equals_coop_with_the_same_context(tiny_clip_model):
     ({"N_CTX": 6}, 'N_CTX is 6, but CTX_INIT "a photo of a" has only 4 tokens'),
     ({"INJECTION": "mlp"}, 'INJECTION is "mlp"'),
     ({"INJECTION_NORM": "sandwich"}, 'INJECTION_NORM is "sandwich"'),
+    ({"VISUAL_PROMPTS": "shared"}, 'VISUAL_PROMPTS is "shared"'),
+    ({"PREFIX": "short"}, 'PREFIX is "short"'),
+    ({"VISUAL_PROMPTS": "from_text"}, "VISUAL_PROMPTS from_text .* set SHALLOW_FUSION True"),
 ])
 def test_bad_config_gives_a_clear_error(tiny_clip_model, keys, message):
     with pytest.raises(ValueError, match="TRAINER.MUDPT: " + message.replace("(", r"\(")):

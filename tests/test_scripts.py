@@ -5,6 +5,7 @@ stub interpreter (PYTHON) that records its argv and writes a fake log.txt / resu
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -206,6 +207,24 @@ def test_finished_run_is_skipped_and_partial_run_is_rerun(repo):
     assert len(recorded_calls(repo)) == 2  # the crash and the re-run; the skip ran nothing
 
 
+def test_a_finished_run_of_other_settings_is_neither_skipped_nor_overwritten(repo):
+    run_dir = os.path.join(repo, "output", "dtd", "MuDPT", "vit_b16_bz4_ep10_nctx4_depth12_16shots", "seed1")
+    identity = {"trainer": "MuDPT", "seed": 1, "config": "vit_b16_bz4_ep10_nctx4_depth12", "num_shots": 16,
+                "subsample": "all", "tag": ""}
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump({"metrics": {"accuracy": 50.0}, "identity": identity}, f)
+    assert "Oops! The results exist" in run_script(repo, "mudpt", "few_shot", "dtd", 1).stdout
+
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump({"metrics": {"accuracy": 50.0}, "identity": dict(identity, num_shots=4)}, f)
+    for extra in ({}, {"DRY_RUN": "1"}):  # the sweep asks with DRY_RUN: it is refused the same way
+        refused = run_script(repo, "mudpt", "few_shot", "dtd", 1, **extra)
+        assert refused.returncode == 2
+        assert "num_shots: 4 there, 16 here" in refused.stderr and "neither skipped nor overwritten" in refused.stderr
+    assert not recorded_calls(repo)
+
+
 def test_dry_run_reports_without_running(repo):
     result = run_script(repo, "mudpt", "base2new_test", "dtd", 2, DRY_RUN="1")
     assert result.returncode == 0, result.stderr
@@ -282,3 +301,36 @@ def test_cfg_env_chooses_another_config(repo):
     call = recorded_calls(repo)[0]
     assert call[call.index("--config-file") + 1] == "configs/trainers/CoOp/vit_b16_ep100.yaml"
     assert call[call.index("--output-dir") + 1].endswith("/CoOp/vit_b16_ep100/seed1")
+
+
+def test_each_job_prints_a_start_and_an_end_line(repo):
+    done = run_script(repo, "mudpt", "few_shot", "dtd", 1, "4", STUB_ACCURACY="61.257")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("== start: mudpt few_shot dtd seed 1, 4 shots (")
+    assert re.fullmatch(r"== done: mudpt few_shot dtd seed 1, 4 shots in 0:00:\d\d, accuracy 61\.26%", lines[-1])
+
+    failed = run_script(repo, "mudpt", "base2new_train", "dtd", 2, STUB_CRASH="seed2")
+    assert failed.returncode == 3
+    run_dir = f"{repo}/output/base2new/train_base/dtd/shots_16/MuDPT/vit_b16_bz4_ep10_nctx4_depth12/seed2"
+    assert failed.stdout.startswith("== start: mudpt base2new_train dtd seed 2 (")
+    assert re.search(r"^== FAILED: mudpt base2new_train dtd seed 2 after 0:00:\d\d \(exit status 3\); "
+                     rf"log: {re.escape(run_dir)}/log.txt$", failed.stderr, re.M)
+
+
+def test_nproc_runs_train_py_through_torchrun(repo):
+    def command(**env):
+        result = run_script(repo, "coop", "few_shot", "dtd", 1, DRY_RUN="1", **env)
+        return result, result.stdout.split("command: ", 1)[-1].split()
+
+    _, one = command(NPROC="1")
+    assert one[1] == "train.py"
+    for env in ({"NPROC": "2"}, {"GPUS_PER_RUN": "2"}, {"NPROC": "02", "GPUS_PER_RUN": "02"}):
+        _, two = command(**env)
+        assert two[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                            "2", "train.py"]
+        assert two[0] == one[0] and two[6:] == one[1:]  # the same interpreter and arguments
+    bad, _ = command(NPROC="two")
+    assert bad.returncode == 2 and "NPROC (or GPUS_PER_RUN) must be a whole number > 0" in bad.stderr
+    both, _ = command(NPROC="2", GPUS_PER_RUN="4")
+    assert both.returncode == 2 and "NPROC=2 and GPUS_PER_RUN=4 disagree" in both.stderr

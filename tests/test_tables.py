@@ -88,11 +88,11 @@ def test_base2new_hm_from_averages(output_root):
     table = build_tables(collect_runs(output_root), [BASE2NEW_TABLE])[BASE2NEW_TABLE]
     assert table.header == ["Dataset", "CoCoOp", "MuDPT", "MuDPT vs CoCoOp"]
     dtd = accuracy_row(table, "DTD")
-    # MuDPT dtd: base mean 81, new mean 51, HM 2*81*51/132 = 62.59; seeds 2 < 3 -> "*"
-    assert dtd["MuDPT"] == "81.00* / 51.00* / 62.59"
-    assert dtd["CoCoOp"] == "77.00* / 56.00* / 64.84"
+    # MuDPT dtd: base mean 81, new mean 51 (seeds 1, 2 each), HM 2*81*51/132 = 62.59
+    assert dtd["MuDPT"] == "81.00 / 51.00 / 62.59 (n=2)"
+    assert dtd["CoCoOp"] == "77.00 / 56.00 / 64.84 (n=1)"
     assert dtd["MuDPT vs CoCoOp"] == "+4.00 / -5.00 / -2.25"
-    assert accuracy_row(table, "EuroSAT")["MuDPT"] == "92.00* / 72.00* / 80.78"
+    assert accuracy_row(table, "EuroSAT")["MuDPT"] == "92.00 / 72.00 / 80.78 (n=2)"
     assert accuracy_row(table, "EuroSAT")["CoCoOp"] == "-"
     # Average: B = (81+92)/2 = 86.5, N = (51+72)/2 = 61.5, HM(86.5, 61.5) = 71.89
     # (the mean of per-dataset HMs would be 71.69)
@@ -105,14 +105,14 @@ def test_few_shot_table_rows_and_comparison(output_root):
     assert table.header == ["Method", "DTD", "EuroSAT", "Average"]
     assert [label for label, _ in table.rows] == ["CoOp", "MuDPT", "MuDPT vs CoOp"]
     # the ImageNet cross-dataset source run and the 4-shot run are not part of Table I
-    assert accuracy_row(table, "MuDPT") == {"DTD": "72.00", "EuroSAT": "70.33",
+    assert accuracy_row(table, "MuDPT") == {"DTD": "72.00 (n=3)", "EuroSAT": "70.33 (n=3)",
                                             "Average": "71.17 (2/11)"}
     assert accuracy_row(table, "MuDPT vs CoOp")["DTD"] == "+7.00"
     assert accuracy_row(table, "MuDPT vs CoOp")["EuroSAT"] == "-"
     assert any(n.startswith("- Outlier: MuDPT/vit_b16_few_shot few_shot eurosat seed 3: 50.00")
                for n in table.notes)
     four = build_tables(collect_runs(output_root), [FEW_SHOT_TABLE], shots=4)[FEW_SHOT_TABLE]
-    assert accuracy_row(four, "MuDPT")["DTD"] == "40.00*"
+    assert accuracy_row(four, "MuDPT")["DTD"] == "40.00 (n=1)"
     # averages over different dataset sets are not compared
     assert accuracy_row(table, "MuDPT vs CoOp")["Average"] == "-"
 
@@ -121,10 +121,10 @@ def test_transfer_tables(output_root):
     tables = build_tables(collect_runs(output_root), [CROSS_DATASET_TABLE, DG_TABLE])
     xd = tables[CROSS_DATASET_TABLE]
     assert xd.header == ["Method", "ImageNet (source)", "Caltech101", "Average (10 targets)"]
-    assert accuracy_row(xd, "MuDPT") == {"ImageNet (source)": "72.50*", "Caltech101": "94.00*",
+    assert accuracy_row(xd, "MuDPT") == {"ImageNet (source)": "72.50 (n=1)", "Caltech101": "94.00 (n=1)",
                                          "Average (10 targets)": "94.00 (1/10)"}
     dg = tables[DG_TABLE]
-    assert accuracy_row(dg, "MuDPT")["ImageNet-A"] == "49.00*"
+    assert accuracy_row(dg, "MuDPT")["ImageNet-A"] == "49.00 (n=1)"
 
 
 def test_paper_rows(output_root):
@@ -137,6 +137,7 @@ def test_paper_rows(output_root):
     assert accuracy_row(b2n, "Average")["MaPLe [MaPLe paper]"] == "82.28 / 75.14 / 78.55"
     assert accuracy_row(b2n, "Average")["MuDPT [MuDPT paper]"] == "82.71 / 74.50 / 78.39"
     assert accuracy_row(b2n, "DTD")["MuDPT [MuDPT paper]"] == "-"
+    assert accuracy_row(b2n, "Average")["PromptSRC [PromptSRC README]"] == "84.26 / 76.10 / 79.97"
     assert accuracy_row(b2n, "DTD")["CoCoOp [MaPLe paper]"] == "77.01 / 56.00 / 64.85"
     dg = tables[DG_TABLE]
     assert accuracy_row(dg, "MuDPT [MuDPT paper]")["Average (4 targets)"] == "60.22"
@@ -150,7 +151,8 @@ def test_paper_numbers_reproduce_printed_averages():
         assert round(base, 2) == row.average_base and round(new, 2) == row.average_new
     hm = {r.method: round(harmonic_mean(r.average_base, r.average_new), 2)
           for r in paper_numbers.BASE2NEW}
-    assert hm == {"CLIP": 71.70, "CoOp": 71.66, "CoCoOp": 75.83, "MaPLe": 78.55, "MuDPT": 78.39}
+    assert hm == {"CLIP": 71.70, "CoOp": 71.66, "CoCoOp": 75.83, "MaPLe": 78.55, "MuDPT": 78.39,
+                  "KgCoOp": 77.00, "PromptSRC": 79.97, "MMA": 79.87}  # the HMs the sources print
     for row in paper_numbers.FEW_SHOT_16[:3]:
         assert round(sum(row.values.values()) / 11, 2) == row.average
     for row in paper_numbers.CROSS_DATASET:
@@ -166,7 +168,8 @@ def test_cli_tables_csv_latex_plot(output_root, tmp_path, capsys):
     assert code == 0
     for title in ("Table I", "Table II", "Table III", "Table IV"):
         assert f"### {title}:" in out
-    assert "| DTD | 77.00* / 56.00* / 64.84 | 81.00* / 51.00* / 62.59 | +4.00 / -5.00 / -2.25 |" in out
+    assert ("| DTD | 77.00 / 56.00 / 64.84 (n=1) | 81.00 / 51.00 / 62.59 (n=2) | +4.00 / -5.00 / -2.25 |"
+            in out)
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     hm = [r for r in rows if r["table"] == "base2new" and r["row"] == "Average"
@@ -189,7 +192,7 @@ def test_cli_single_table_and_skipped_tables(tmp_path, capsys):
     assert parse_test_res.main(["--tables", root, "--table", "base2new"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("### Table III")
-    assert "| Caltech101 | 90.00* / 60.00* / 72.00 |" in out
+    assert "| Caltech101 | 90.00 / 60.00 / 72.00 (n=1) |" in out
     assert "Table I:" not in out and "Table II:" not in out
     assert parse_test_res.main(["--tables", root]) == 0
     out = capsys.readouterr().out
@@ -214,4 +217,64 @@ def test_markdown_shape(output_root):
     lines = to_markdown(table).splitlines()
     assert lines[2] == "| Method | ImageNet (source) | ImageNet-A | Average (4 targets) |"
     assert lines[3] == "|---|---|---|---|"
-    assert lines[4] == "| MuDPT | 72.50* | 49.00* | 49.00 (1/4) |"
+    assert lines[4] == "| MuDPT | 72.50 (n=1) | 49.00 (n=1) | 49.00 (1/4) |"
+
+
+def test_seeds_selects_the_seeds_and_cells_show_n(output_root, tmp_path, capsys):
+    runs = collect_runs(output_root)
+    table = build_tables(runs, [FEW_SHOT_TABLE], seeds=[1, 2])[FEW_SHOT_TABLE]
+    # DTD seeds 1-3 are 70, 72, 74: seeds 1 and 2 only -> 71; EuroSAT 80, 81 (seed 3's 50 left out)
+    assert accuracy_row(table, "MuDPT") == {"DTD": "71.00 (n=2)", "EuroSAT": "80.50 (n=2)",
+                                            "Average": "75.75 (2/11)"}
+    assert table.notes[0].startswith("- `(n=K)`: the mean of K seeds (seeds 1, 2 selected)")
+    assert not any("Outlier" in n for n in table.notes)
+    csv_path = tmp_path / "seeds.csv"
+    assert parse_test_res.main(["--tables", output_root, "--table", "fewshot", "--seeds", "1", "2",
+                                "--csv", str(csv_path)]) == 0
+    assert "| MuDPT | 71.00 (n=2) | 80.50 (n=2) | 75.75 (2/11) |" in capsys.readouterr().out
+    with open(csv_path) as f:
+        dtd = [r for r in csv.DictReader(f) if r["row"] == "MuDPT" and r["column"] == "DTD"][0]
+    assert (dtd["mean"], dtd["std"], dtd["n_seeds"], dtd["seeds"]) == ("71.0010", "1.0000", "2", "1 2")
+
+
+def test_an_outlier_seed_is_flagged_with_its_folder(output_root):
+    runs = collect_runs(output_root)
+    notes = build_tables(runs, [FEW_SHOT_TABLE])[FEW_SHOT_TABLE].notes
+    seed3 = os.path.join(output_root, "eurosat/MuDPT/vit_b16_few_shot_16shots/seed3")
+    outliers = [n for n in notes if "Outlier" in n]
+    assert outliers == [f"- Outlier: MuDPT/vit_b16_few_shot few_shot eurosat seed 3: 50.00 vs median 80.00 "
+                        f"of 3 seeds, in {seed3}; check it before averaging."]
+    lenient = build_tables(runs, [FEW_SHOT_TABLE], outlier=35)[FEW_SHOT_TABLE].notes
+    assert not any("Outlier" in n for n in lenient)  # 30 points from the median: within 35
+
+
+def test_shots_filters_the_few_shot_table_only(output_root, tmp_path, capsys):
+    runs = collect_runs(output_root)
+    usual = build_tables(runs)
+    two = build_tables(runs, shots=2)
+    assert two[FEW_SHOT_TABLE] is None  # no 2-shot few-shot runs
+    for key in (BASE2NEW_TABLE, CROSS_DATASET_TABLE, DG_TABLE):
+        assert to_markdown(two[key]) == to_markdown(usual[key])
+    png = tmp_path / "fig5.png"
+    assert parse_test_res.main(["--tables", output_root, "--shots", "4", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "| MuDPT | 40.00 (n=1) | 40.00 (1/11) |" in out  # Table I at 4 shots
+    assert "### Table II: cross-dataset evaluation (ImageNet source, 16 shots)" in out
+    assert "| DTD | 77.00 / 56.00 / 64.84 (n=1) | 81.00 / 51.00 / 62.59 (n=2) |" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_base_and_new_over_different_seeds_are_flagged(tmp_path):
+    root = str(tmp_path / "output")
+    runs_dir = f"{root}/base2new/{{}}/dtd/shots_16/MuDPT/vit_b16_base2new/seed{{}}"
+    for seed, (base, new) in {1: (80.0, 50.0), 2: (82.0, 52.0), 3: (84.0, None)}.items():
+        finished(runs_dir.format("train_base", seed), base)
+        if new is not None:
+            finished(runs_dir.format("test_new", seed), new)
+    table = build_tables(collect_runs(root), [BASE2NEW_TABLE])[BASE2NEW_TABLE]
+    assert accuracy_row(table, "DTD")["MuDPT"] == "82.00 / 51.00 / 62.89 (n=3/2, mixed seeds)"
+    assert ("- Mixed seeds: MuDPT on DTD averages base over seeds 1, 2, 3 but new over seeds 1, 2; "
+            "run the missing ones or pass --seeds.") in table.notes
+    paired = build_tables(collect_runs(root), [BASE2NEW_TABLE], seeds=[1, 2])[BASE2NEW_TABLE]
+    assert accuracy_row(paired, "DTD")["MuDPT"] == "81.00 / 51.00 / 62.59 (n=2)"
+    assert not any("Mixed seeds" in n for n in paired.notes)

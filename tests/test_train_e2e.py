@@ -1,15 +1,11 @@
 """train.py end to end on a generated Caltech101 with the tiny random CLIP."""
 import json
-import os
 
 import pytest
 import torch
 
-import train
-from dassl.utils.logger import close_logger
 from datasets.fake import make_fake_dataset
-
-FAST = ["DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "16"]
+from train_runs import error_of, restore_streams, run_log, train_argv  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -19,23 +15,9 @@ def data_root(tmp_path_factory):
     return str(root)
 
 
-@pytest.fixture(autouse=True)
-def restore_streams():
-    yield
-    close_logger()
-
-
 def run_train(data_root, clip_path, out, trainer, config, flags=(), opts=()):
-    """Run train.py in-process; ``flags`` are command-line flags, ``opts`` KEY VALUE overrides."""
-    config_dir = "ZeroshotCLIP" if trainer.startswith("ZeroshotCLIP") else trainer
-    argv = ["--root", data_root, "--seed", "1", "--trainer", trainer,
-            "--dataset-config-file", "configs/datasets/caltech101.yaml",
-            "--config-file", f"configs/trainers/{config_dir}/{config}.yaml",
-            "--output-dir", str(out), *flags, "MODEL.BACKBONE.PATH", clip_path, *FAST, *opts]
-    train.main(argv)
-    close_logger()
-    with open(os.path.join(out, "log.txt")) as f:
-        return f.read()
+    """Run train.py in-process and return its log."""
+    return run_log(train_argv(data_root, clip_path, out, trainer, config, flags=flags, opts=opts))
 
 
 def accuracy(log):
@@ -90,16 +72,6 @@ def test_cocoop_trains_one_epoch(data_root, tiny_clip_path, tmp_path):
 def test_zero_shot_runs_eval_only_without_a_model(data_root, tiny_clip_path, tmp_path, trainer):
     log = run_train(data_root, tiny_clip_path, tmp_path / "zs", trainer, "vit_b16", flags=("--eval-only",))
     assert "Prompts: ['a photo of a " in log and "* accuracy:" in log
-
-
-def error_of(capsys, argv):
-    with pytest.raises(SystemExit) as info:
-        train.main(argv)
-    close_logger()
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
 
 
 def base_argv(data_root, clip_path, tmp_path, trainer="CoOp", dataset="caltech101"):

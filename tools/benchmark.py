@@ -169,6 +169,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--tiny", action="store_true", help="tiny CLIP instead of ViT-B/16 shapes (smoke test)")
+    p.add_argument("--json", help="also write the table (and the device) to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -197,9 +198,13 @@ def main(argv=None):
             rows.append([name, f"evaluation, {classes} classes (images/s)", f"{off:.2f}", f"{fast:.2f}",
                          ratio(fast, off)])
             print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
+    headers = ["trainer", "measure", "fast paths off", "fast paths on", "speed-up"]
     print()
-    print(tabulate(rows, headers=["trainer", "measure", "fast paths off", "fast paths on", "speed-up"],
-                   tablefmt="github"))
+    print(tabulate(rows, headers=headers, tablefmt="github"))
+    if args.json:
+        from dassl.utils import write_json
+        write_json({"device": device_name, "torch": torch.__version__,
+                    "rows": [dict(zip(headers, row)) for row in rows]}, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from .clip_prompting import ClassPrompts, PromptedCLIP, PromptTuningTrainer, ini
 
 
 def extend_cfg(cfg):
-    from dassl.config import CfgNode as CN
+    from yacs.config import CfgNode as CN  # as CoOp: the original dassl.config exports no CfgNode
     cfg.TRAINER.COCOOP = CN()
     cfg.TRAINER.COCOOP.N_CTX = 16
     cfg.TRAINER.COCOOP.CTX_INIT = ""

@@ -10,7 +10,7 @@ POSITIONS = ("end", "middle", "front")
 
 
 def extend_cfg(cfg):
-    from dassl.config import CfgNode as CN
+    from yacs.config import CfgNode as CN  # as CoOp: the original dassl.config exports no CfgNode
     cfg.TRAINER.COOP = CN()
     cfg.TRAINER.COOP.N_CTX = 16
     cfg.TRAINER.COOP.CSC = False

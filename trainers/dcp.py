@@ -34,7 +34,7 @@ FUSINGS = ("none", "mean", "first", "max")
 
 
 def extend_cfg(cfg):
-    from dassl.config import CfgNode as CN
+    from yacs.config import CfgNode as CN  # as CoOp: the original dassl.config exports no CfgNode
     cfg.TRAINER.DCP = CN()
     cfg.TRAINER.DCP.N_CTX = 2
     cfg.TRAINER.DCP.CTX_INIT = "a photo of a"

@@ -29,7 +29,7 @@ from .zsclip import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
 
 
 def extend_cfg(cfg):
-    from dassl.config import CfgNode as CN
+    from yacs.config import CfgNode as CN  # as CoOp: the original dassl.config exports no CfgNode
     cfg.TRAINER.DPT = CN()
     cfg.TRAINER.DPT.N_CTX = 16            # CoOp text context (TRAINER.COOP.N_CTX in the original)
     cfg.TRAINER.DPT.CTX_INIT = ""

@@ -19,7 +19,7 @@ from .clip_prompting import (ClassPrompts, PromptedCLIP, PromptTuningTrainer, de
 
 
 def extend_cfg(cfg):
-    from dassl.config import CfgNode as CN
+    from yacs.config import CfgNode as CN  # as CoOp: the original dassl.config exports no CfgNode
     cfg.TRAINER.IVLP = CN()
     cfg.TRAINER.IVLP.N_CTX_TEXT = 2
     cfg.TRAINER.IVLP.N_CTX_VISION = 2
@@ -60,18 +60,20 @@ class DeepPrompts(nn.Module):
 
 
 class IVLPPromptLearner(nn.Module):
-    def __init__(self, cfg, classnames, text_encoder, image_encoder):
+    """``node``: the config node holding the IVLP keys (PromptSRC reuses this learner)."""
+
+    def __init__(self, cfg, classnames, text_encoder, image_encoder, node="IVLP"):
         super().__init__()
-        c = cfg.TRAINER.IVLP
-        check_prompt_depth("IVLP", "PROMPT_DEPTH_TEXT", c.PROMPT_DEPTH_TEXT, "N_CTX_TEXT", c.N_CTX_TEXT,
+        c = getattr(cfg.TRAINER, node)
+        check_prompt_depth(node, "PROMPT_DEPTH_TEXT", c.PROMPT_DEPTH_TEXT, "N_CTX_TEXT", c.N_CTX_TEXT,
                            text_encoder.num_layers)
         if c.PROMPT_DEPTH_VISION:
-            image_encoder.require_vit("TRAINER.IVLP", cfg.MODEL.BACKBONE.NAME, ", or PROMPT_DEPTH_VISION 0")
-        check_prompt_depth("IVLP", "PROMPT_DEPTH_VISION", c.PROMPT_DEPTH_VISION, "N_CTX_VISION", c.N_CTX_VISION,
+            image_encoder.require_vit(f"TRAINER.{node}", cfg.MODEL.BACKBONE.NAME, ", or PROMPT_DEPTH_VISION 0")
+        check_prompt_depth(node, "PROMPT_DEPTH_VISION", c.PROMPT_DEPTH_VISION, "N_CTX_VISION", c.N_CTX_VISION,
                            image_encoder.num_layers)
         self.text = self.vision = None
         if c.PROMPT_DEPTH_TEXT:
-            ctx, prefix = init_context(text_encoder, c.N_CTX_TEXT, c.CTX_INIT, owner="TRAINER.IVLP")
+            ctx, prefix = init_context(text_encoder, c.N_CTX_TEXT, c.CTX_INIT, owner=f"TRAINER.{node}")
             print(f'Initial text context: "{prefix}"')
             self.text = DeepPrompts(c.PROMPT_DEPTH_TEXT, c.N_CTX_TEXT, text_encoder.width, ctx)
             self.classes = ClassPrompts(text_encoder, classnames, prefix, c.N_CTX_TEXT)
@@ -86,9 +88,9 @@ class IVLPPromptLearner(nn.Module):
 
 
 class IVLPCLIP(PromptedCLIP):
-    def __init__(self, cfg, classnames, clip_model):
+    def __init__(self, cfg, classnames, clip_model, node="IVLP"):
         super().__init__(clip_model)
-        self.prompt_learner = IVLPPromptLearner(cfg, classnames, self.text_encoder, self.image_encoder)
+        self.prompt_learner = IVLPPromptLearner(cfg, classnames, self.text_encoder, self.image_encoder, node)
 
     def encode_text(self, prompts):
         learner = self.prompt_learner

@@ -17,7 +17,7 @@ from .clip_prompting import ClassPrompts, DeepPromptedCLIP, PromptTuningTrainer,
 
 
 def extend_cfg(cfg):
-    from dassl.config import CfgNode as CN
+    from yacs.config import CfgNode as CN  # as CoOp: the original dassl.config exports no CfgNode
     cfg.TRAINER.MAPLE = CN()
     cfg.TRAINER.MAPLE.N_CTX = 2
     cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"

@@ -11,6 +11,13 @@ Injection modes (TRAINER.MUDPT.INJECTION / INJECTION_NORM / SHALLOW_FUSION):
 - transformer / pre / True: the released UUMuDPT variant (pre-LN block + outer LayerNorms);
 - linear / - / True: the released HEAD MuDPT (one shared Linear per direction plus a
   separate Linear feeding T_0 to V_0).
+VISUAL_PROMPTS from_text (with transformer / pre / True) is the released UMuDPT: no visual
+prompts of its own and no vision-to-text map; V_0..V_{D-1} are the text-to-vision
+injection of T_0..T_{D-1}.
+
+PREFIX: the paper's template keeps the whole CTX_INIT in the prompt text ("a photo of a
+{class}." with the first N_CTX tokens learnable); the released code keeps only its first
+N_CTX words ("a photo {class}." at N_CTX 2).
 """
 import torch
 import torch.nn as nn
@@ -22,10 +29,12 @@ from .clip_prompting.prompts import count_bpe_tokens
 
 INJECTIONS = ("transformer", "linear")
 NORMS = ("post", "pre")
+VISUAL_PROMPTS = ("independent", "from_text")
+PREFIXES = ("template", "released")
 
 
 def extend_cfg(cfg):
-    from dassl.config import CfgNode as CN
+    from yacs.config import CfgNode as CN  # as CoOp: the original dassl.config exports no CfgNode
     cfg.TRAINER.MUDPT = CN()
     cfg.TRAINER.MUDPT.N_CTX = 4
     cfg.TRAINER.MUDPT.CTX_INIT = "a photo of a"
@@ -34,6 +43,8 @@ def extend_cfg(cfg):
     cfg.TRAINER.MUDPT.INJECTION = "transformer"
     cfg.TRAINER.MUDPT.INJECTION_NORM = "post"
     cfg.TRAINER.MUDPT.SHALLOW_FUSION = False
+    cfg.TRAINER.MUDPT.VISUAL_PROMPTS = "independent"  # or from_text (released UMuDPT)
+    cfg.TRAINER.MUDPT.PREFIX = "template"  # or released: the first N_CTX words of CTX_INIT
 
 
 class QuickGELU(nn.Module):
@@ -93,6 +104,13 @@ def check_mudpt_cfg(c, text_layers, vision_layers):
         fail(f'INJECTION is "{c.INJECTION}"; use one of {", ".join(INJECTIONS)}.')
     if c.INJECTION_NORM not in NORMS:
         fail(f'INJECTION_NORM is "{c.INJECTION_NORM}"; use one of {", ".join(NORMS)}.')
+    if c.VISUAL_PROMPTS not in VISUAL_PROMPTS:
+        fail(f'VISUAL_PROMPTS is "{c.VISUAL_PROMPTS}"; use one of {", ".join(VISUAL_PROMPTS)}.')
+    if c.PREFIX not in PREFIXES:
+        fail(f'PREFIX is "{c.PREFIX}"; use one of {", ".join(PREFIXES)}.')
+    if c.VISUAL_PROMPTS == "from_text" and not c.SHALLOW_FUSION:
+        fail("VISUAL_PROMPTS from_text makes every visual prompt from the text prompts, V_0 from T_0 "
+             "included; set SHALLOW_FUSION True as well (it is what feeds T_0 to the vision side).")
     if c.N_CTX < 1:
         fail(f"N_CTX is {c.N_CTX}; the prompt length must be at least 1.")
     layers = min(text_layers, vision_layers)
@@ -106,6 +124,11 @@ def check_mudpt_cfg(c, text_layers, vision_layers):
                  f'text prompt from; set N_CTX <= {words}, or CTX_INIT "" for random initialisation.')
 
 
+def released_prefix(ctx_init, n_ctx):
+    """The released code's prompt text: the first ``n_ctx`` words of CTX_INIT ("a photo" at n = 2)."""
+    return " ".join(ctx_init.replace("_", " ").split()[:n_ctx])
+
+
 class MultimodalPromptLearner(nn.Module):
     """All learnable tensors of MuDPT: prompts of both modalities and the Injection Model."""
 
@@ -117,48 +140,58 @@ class MultimodalPromptLearner(nn.Module):
         n, depth = c.N_CTX, c.DEEP_PROMPT_DEPTH
         d_t, d_v = text_encoder.width, image_encoder.width
         ctx, prefix = init_context(text_encoder, n, c.CTX_INIT, owner="TRAINER.MUDPT")
+        if c.PREFIX == "released" and c.CTX_INIT:
+            prefix = released_prefix(c.CTX_INIT, n)
+        from_text = c.VISUAL_PROMPTS == "from_text"
         print(f'Initial context: "{prefix}"')
         print(f"Number of context words (tokens): {n}")
         print(f"Depth of deep prompt: {depth}")
-        print(f"Injection: {c.INJECTION} (norm {c.INJECTION_NORM}), shallow fusion: {c.SHALLOW_FUSION}")
+        print(f"Injection: {c.INJECTION} (norm {c.INJECTION_NORM}), shallow fusion: {c.SHALLOW_FUSION}, "
+              f"visual prompts: {c.VISUAL_PROMPTS}")
 
         self.n_ctx, self.depth, self.shallow_fusion = n, depth, c.SHALLOW_FUSION
         self.text_ctx = nn.Parameter(ctx)                                   # T_0
         self.text_deep = nn.Parameter(torch.empty(depth - 1, n, d_t))       # T_1..T_{D-1}
-        self.visual_ctx = nn.Parameter(torch.empty(n, d_v))                 # V_0
-        self.visual_deep = nn.Parameter(torch.empty(depth - 1, n, d_v))     # V_1..V_{D-1}
-        for p in (self.text_deep, self.visual_ctx, self.visual_deep):
-            nn.init.normal_(p, std=0.02)
+        nn.init.normal_(self.text_deep, std=0.02)
+        self.visual_ctx = self.visual_deep = None
+        if not from_text:
+            self.visual_ctx = nn.Parameter(torch.empty(n, d_v))             # V_0
+            self.visual_deep = nn.Parameter(torch.empty(depth - 1, n, d_v))  # V_1..V_{D-1}
+            for p in (self.visual_ctx, self.visual_deep):
+                nn.init.normal_(p, std=0.02)
 
         self.inj_t2v = self.inj_v2t = self.shallow_t2v = None
-        if depth > 1:
+        if depth > 1 or from_text:
             self.inj_t2v = Injection(d_t, d_v, c.INJECTION, c.INJECTION_NORM)
+        if depth > 1 and not from_text:
             self.inj_v2t = Injection(d_v, d_t, c.INJECTION, c.INJECTION_NORM)
-        if c.SHALLOW_FUSION:
+        if c.SHALLOW_FUSION and not from_text:
             if c.INJECTION == "linear":  # the released HEAD code feeds T_0 through its own Linear
                 self.shallow_t2v = nn.Linear(d_t, d_v)
             elif self.inj_t2v is None:
                 self.inj_t2v = Injection(d_t, d_v, c.INJECTION, c.INJECTION_NORM)
         self.classes = ClassPrompts(text_encoder, classnames, prefix, n)
 
+    def text_to_vision(self):
+        """The text prompts at the vision width: (T'_0, or None when layer 0 is not fused; T'_1..T'_{D-1})."""
+        if self.shallow_t2v is not None:  # released HEAD MuDPT: T_0 has a Linear of its own
+            deep = self.inj_t2v(self.text_deep) if self.inj_t2v is not None else None
+            return self.shallow_t2v(self.text_ctx), deep
+        if self.shallow_fusion:  # released UUMuDPT / UMuDPT: T_0 goes through the injection with the rest
+            mapped = self.inj_t2v(torch.cat([self.text_ctx.unsqueeze(0), self.text_deep]))
+            return mapped[0], mapped[1:]
+        return None, (self.inj_t2v(self.text_deep) if self.inj_t2v is not None else None)
+
     def forward(self):
         """Prompts for both encoders: shallow (n, d) and fused deep (D-1, n, d) of each modality."""
+        shallow_t2v, deep_t2v = self.text_to_vision()
+        if self.visual_ctx is None:  # from_text: every visual prompt comes from the text prompts
+            return {"text": self.classes.assemble(self.text_ctx), "text_deep": self.text_deep,
+                    "visual": shallow_t2v, "visual_deep": deep_t2v}
         text_deep, visual_deep = self.text_deep, self.visual_deep
-        visual_shallow = self.visual_ctx
+        visual_shallow = self.visual_ctx if shallow_t2v is None else self.visual_ctx + shallow_t2v
         if self.depth > 1:
-            if self.shallow_fusion and self.shallow_t2v is None:
-                # released UUMuDPT: T_0 goes through the injection with the deep prompts
-                t2v = self.inj_t2v(torch.cat([self.text_ctx.unsqueeze(0), text_deep]))
-                visual_shallow = visual_shallow + t2v[0]
-                t2v = t2v[1:]
-            else:
-                t2v = self.inj_t2v(text_deep)
-            v2t = self.inj_v2t(visual_deep)
-            text_deep, visual_deep = text_deep + v2t, visual_deep + t2v
-        elif self.shallow_fusion and self.shallow_t2v is None:
-            visual_shallow = visual_shallow + self.inj_t2v(self.text_ctx.unsqueeze(0))[0]
-        if self.shallow_t2v is not None:
-            visual_shallow = visual_shallow + self.shallow_t2v(self.text_ctx)
+            text_deep, visual_deep = text_deep + self.inj_v2t(visual_deep), visual_deep + deep_t2v
         return {"text": self.classes.assemble(self.text_ctx), "text_deep": text_deep,
                 "visual": visual_shallow, "visual_deep": visual_deep}
 

@@ -14,7 +14,7 @@ TEXT_TEMPLATE = "a photo of a {}."
 
 
 def extend_cfg(cfg):
-    from dassl.config import CfgNode as CN
+    from yacs.config import CfgNode as CN  # as CoOp: the original dassl.config exports no CfgNode
     cfg.TRAINER.VPT = CN()
     cfg.TRAINER.VPT.N_CTX_VISION = 2
     cfg.TRAINER.VPT.PROMPT_DEPTH_VISION = 1

@@ -31,7 +31,7 @@ ENSEMBLE_TEMPLATES = (
 
 
 def extend_cfg(cfg):
-    from dassl.config import CfgNode as CN
+    from yacs.config import CfgNode as CN  # as CoOp: the original dassl.config exports no CfgNode
     cfg.TRAINER.ZSCLIP = CN()
     cfg.TRAINER.ZSCLIP.PREC = "fp32"
 
@@ -56,14 +56,13 @@ class ZeroShotModel(PromptedCLIP):
 @TRAINER_REGISTRY.register()
 class ZeroshotCLIP(PromptTuningTrainer):
     cfg_node = "ZSCLIP"
-    training_free = True
 
     def templates(self):
         return [CUSTOM_TEMPLATES.get(self.cfg.DATASET.NAME, DEFAULT_TEMPLATE)]
 
     def build_model(self):
         clip_model = self.load_frozen_clip()
-        self.model = ZeroShotModel(clip_model, self.dm.dataset.classnames, self.templates()).to(self.device)
+        self.model = ZeroShotModel(clip_model, self.classnames, self.templates()).to(self.device)
 
 
 @TRAINER_REGISTRY.register()

@@ -1,11 +1,19 @@
-"""Default config tree: the keys of Dassl 0.6.3 that CoOp-lineage code uses.
+"""Default config tree: every key of Dassl 0.6.3's ``get_cfg_default()``, with its value.
 
-The DA/DG/SSL trainer nodes of the original are left out (no CoOp-lineage YAML
-refers to them). Two keys every trainer here needs are part of the defaults:
-``MODEL.BACKBONE.PATH`` (local CLIP weights, for offline runs) and
-``DATASET.SUBSAMPLE_CLASSES`` (base-to-new protocol).
+That includes the nodes of the original's DA/DG/SSL trainers (``TRAINER.MCD`` ...
+``TRAINER.FIXMATCH``): no CoOp-lineage YAML uses them, but YAML files of other Dassl
+projects set them, and the config dump in log.txt then matches the original's.
+The keys the original lacks are listed in ``PROJECT_KEYS``; code that must also run on
+the original engine (the trainer files) reads them with a fallback.
 """
 from .cfgnode import CfgNode as CN
+
+PROJECT_KEYS = (
+    "MODEL.BACKBONE.PATH",         # local CLIP weights, for offline runs
+    "DATASET.SUBSAMPLE_CLASSES",   # base-to-new protocol (CoOp's extend_cfg adds it too)
+    "DATASET.TAG",                 # the name of an own ImageFolder dataset in output paths
+    "DATALOADER.SKIP_BAD_IMAGES",  # leave unreadable images out instead of stopping
+)
 
 _C = CN()
 
@@ -54,12 +62,14 @@ _C.DATASET.CIFAR_C_TYPE = ""
 _C.DATASET.CIFAR_C_LEVEL = 1
 _C.DATASET.ALL_AS_UNLABELED = False
 _C.DATASET.SUBSAMPLE_CLASSES = "all"  # all, base or new
+_C.DATASET.TAG = ""  # own data (ImageFolder): name in output paths; empty: the root folder's
 
 # ---------------------------------------------------------------- data loader
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4
 _C.DATALOADER.K_TRANSFORMS = 1
 _C.DATALOADER.RETURN_IMG0 = False
+_C.DATALOADER.SKIP_BAD_IMAGES = False  # True: leave unreadable images out of their batch, count them
 _C.DATALOADER.TRAIN_X = CN()
 _C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
 _C.DATALOADER.TRAIN_X.BATCH_SIZE = 32
@@ -130,3 +140,64 @@ _C.TEST.FINAL_MODEL = "last_step"  # or best_val
 # ---------------------------------------------------------------- trainer
 _C.TRAINER = CN()
 _C.TRAINER.NAME = ""
+
+# The original's domain adaptation, generalisation and semi-supervised trainers (not
+# implemented here): their keys, so that their YAML files merge and the dump matches.
+_C.TRAINER.MCD = CN()
+_C.TRAINER.MCD.N_STEP_F = 4
+_C.TRAINER.MME = CN()
+_C.TRAINER.MME.LMDA = 0.1
+_C.TRAINER.CDAC = CN()
+_C.TRAINER.CDAC.CLASS_LR_MULTI = 10
+_C.TRAINER.CDAC.RAMPUP_COEF = 30
+_C.TRAINER.CDAC.RAMPUP_ITRS = 1000
+_C.TRAINER.CDAC.TOPK_MATCH = 5
+_C.TRAINER.CDAC.P_THRESH = 0.95
+_C.TRAINER.CDAC.STRONG_TRANSFORMS = ()
+_C.TRAINER.SE = CN()
+_C.TRAINER.SE.EMA_ALPHA = 0.999
+_C.TRAINER.SE.CONF_THRE = 0.95
+_C.TRAINER.SE.RAMPUP = 300
+_C.TRAINER.M3SDA = CN()
+_C.TRAINER.M3SDA.LMDA = 0.5
+_C.TRAINER.M3SDA.N_STEP_F = 4
+_C.TRAINER.DAEL = CN()
+_C.TRAINER.DAEL.WEIGHT_U = 0.5
+_C.TRAINER.DAEL.CONF_THRE = 0.95
+_C.TRAINER.DAEL.STRONG_TRANSFORMS = ()
+_C.TRAINER.CROSSGRAD = CN()
+_C.TRAINER.CROSSGRAD.EPS_F = 1.0
+_C.TRAINER.CROSSGRAD.EPS_D = 1.0
+_C.TRAINER.CROSSGRAD.ALPHA_F = 0.5
+_C.TRAINER.CROSSGRAD.ALPHA_D = 0.5
+_C.TRAINER.DDAIG = CN()
+_C.TRAINER.DDAIG.G_ARCH = ""
+_C.TRAINER.DDAIG.LMDA = 0.3
+_C.TRAINER.DDAIG.CLAMP = False
+_C.TRAINER.DDAIG.CLAMP_MIN = -1.0
+_C.TRAINER.DDAIG.CLAMP_MAX = 1.0
+_C.TRAINER.DDAIG.WARMUP = 0
+_C.TRAINER.DDAIG.ALPHA = 0.5
+_C.TRAINER.DAELDG = CN()
+_C.TRAINER.DAELDG.WEIGHT_U = 0.5
+_C.TRAINER.DAELDG.CONF_THRE = 0.95
+_C.TRAINER.DAELDG.STRONG_TRANSFORMS = ()
+_C.TRAINER.DOMAINMIX = CN()
+_C.TRAINER.DOMAINMIX.TYPE = "crossdomain"
+_C.TRAINER.DOMAINMIX.ALPHA = 1.0
+_C.TRAINER.DOMAINMIX.BETA = 1.0
+_C.TRAINER.ENTMIN = CN()
+_C.TRAINER.ENTMIN.LMDA = 1e-3
+_C.TRAINER.MEANTEACHER = CN()
+_C.TRAINER.MEANTEACHER.WEIGHT_U = 1.0
+_C.TRAINER.MEANTEACHER.EMA_ALPHA = 0.999
+_C.TRAINER.MEANTEACHER.RAMPUP = 5
+_C.TRAINER.MIXMATCH = CN()
+_C.TRAINER.MIXMATCH.WEIGHT_U = 100.0
+_C.TRAINER.MIXMATCH.TEMP = 2.0
+_C.TRAINER.MIXMATCH.MIXUP_BETA = 0.75
+_C.TRAINER.MIXMATCH.RAMPUP = 20000
+_C.TRAINER.FIXMATCH = CN()
+_C.TRAINER.FIXMATCH.WEIGHT_U = 1.0
+_C.TRAINER.FIXMATCH.CONF_THRE = 0.95
+_C.TRAINER.FIXMATCH.STRONG_TRANSFORMS = ()

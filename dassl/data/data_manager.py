@@ -1,24 +1,15 @@
 """``DataManager`` builds the dataset, transforms and loaders; ``DatasetWrapper``
 turns ``Datum`` lists into the batch dicts trainers consume."""
-import random
-
-import numpy as np
 import torch
 from tabulate import tabulate
 from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import default_collate
 from torchvision.transforms import Compose, Normalize, Resize, ToTensor
 
+from ..utils.errors import BadImageError, MissingImageError
 from ..utils.tools import read_image
 from .samplers import build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
-
-
-def _seed_worker(worker_id):
-    # torch.initial_seed() already differs per worker and per epoch (it comes from
-    # the loader's seeded generator); give it to `random` and NumPy too.
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64,
@@ -33,19 +24,21 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
                             batch_size=batch_size, n_domain=n_domain, n_ins=n_ins)
     if dataset_wrapper is None:
         dataset_wrapper = DatasetWrapper
-    generator = None
-    if cfg.SEED >= 0:
-        generator = torch.Generator()
-        generator.manual_seed(cfg.SEED)
+    # No private generator and no worker_init_fn, as in the original engine: the sampler's
+    # permutation and the main-process augmentations draw from torch's global RNG, and workers
+    # get torch's default seeding (base seed drawn from the global RNG + worker id). So a seeded
+    # run here sees the same batches and augmentations as the original code.
+    wrapper = dataset_wrapper(cfg, data_source, transform=tfm, is_train=is_train)
+    wrapper.split_name = split_name  # named in the error for an unreadable image
+    skip_bad = cfg.DATALOADER.get("SKIP_BAD_IMAGES", False)
     loader = torch.utils.data.DataLoader(
-        dataset_wrapper(cfg, data_source, transform=tfm, is_train=is_train),
+        wrapper,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         drop_last=is_train and len(data_source) >= batch_size,
         pin_memory=(torch.cuda.is_available() and cfg.USE_CUDA),
-        worker_init_fn=_seed_worker,
-        generator=generator,
+        collate_fn=collate_readable if skip_bad else None,
     )
     if len(loader) == 0:
         raise ValueError(_empty_split_message(cfg, split_name))
@@ -56,9 +49,19 @@ def _empty_split_message(cfg, split_name):
     return (
         f'The {split_name} split of dataset "{cfg.DATASET.NAME}" yields no batch. Check '
         f'DATASET.ROOT ("{cfg.DATASET.ROOT}"), that the dataset is fully prepared, '
-        "DATASET.NUM_SHOTS / DATASET.SUBSAMPLE_CLASSES, and delete a stale "
-        "split_fewshot/*.pkl cache if the data changed."
+        "and DATASET.NUM_SHOTS / DATASET.SUBSAMPLE_CLASSES."
     )
+
+
+def collate_readable(items):
+    """Batch the items whose image could be read (DATALOADER.SKIP_BAD_IMAGES); the batch records
+    how many were left out, and is None when none could be read."""
+    readable = [item for item in items if item is not None]
+    if not readable:
+        return None
+    batch = default_collate(readable)
+    batch["n_skipped"] = len(items) - len(readable)
+    return batch
 
 
 class DataManager:
@@ -190,7 +193,17 @@ class DatasetWrapper(TorchDataset):
             "impath": item.impath,
             "index": idx,
         }
-        img0 = read_image(item.impath)
+        try:
+            img0 = read_image(item.impath)
+        except OSError as exc:
+            split = getattr(self, "split_name", "")
+            where = f"the {split} split of {self.cfg.DATASET.NAME}" if split else self.cfg.DATASET.NAME
+            if self.cfg.DATALOADER.get("SKIP_BAD_IMAGES", False):
+                print(f"Warning: skipping an image of {where}: {exc}")
+                return None
+            error = MissingImageError if isinstance(exc, FileNotFoundError) else BadImageError
+            raise error(f"{exc} (It belongs to {where}; to leave unreadable images out of their batch "
+                        "instead, set DATALOADER.SKIP_BAD_IMAGES True.)") from None
 
         if self.transform is not None:
             if isinstance(self.transform, (list, tuple)):

@@ -119,11 +119,10 @@ def build_lr_scheduler(optimizer, optim_cfg):
 
     if optim_cfg.WARMUP_EPOCH > 0:
         if not optim_cfg.WARMUP_RECOUNT:
-            raise ValueError(
-                "OPTIM.WARMUP_RECOUNT=False is not supported: with PyTorch's chainable "
-                "schedulers it does not give a shifted schedule. Use WARMUP_RECOUNT True "
-                "(the value of every CoOp-family config)."
-            )
+            # Dassl's rule: the successor starts as if the warmup epochs were its own. PyTorch's
+            # schedulers are chainable, so this rescales the schedule rather than shifting it
+            # (cosine: LR_e = LR * (1 + cos(pi e / T)) / (1 + cos(pi W / T)) from epoch W on).
+            scheduler.last_epoch = optim_cfg.WARMUP_EPOCH
         warmup_type = optim_cfg.WARMUP_TYPE
         if warmup_type == "constant":
             scheduler = ConstantWarmupScheduler(optimizer, scheduler, optim_cfg.WARMUP_EPOCH,

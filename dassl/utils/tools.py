@@ -4,8 +4,10 @@ import errno
 import json
 import os
 import os.path as osp
-import tempfile
+import secrets
 import warnings
+
+from .errors import OutputWriteError
 
 __all__ = [
     "mkdir_if_missing", "check_isfile", "read_json", "write_json", "atomic_write_bytes",
@@ -41,20 +43,29 @@ def check_isfile(fpath):
 
 def _atomic_write(fpath, write_fn, mode):
     """Write through a temp file in the same folder, then rename over the target,
-    so that a crash never leaves a half-written file behind."""
+    so that a crash never leaves a half-written file behind. The temp file is created
+    with mode 0666 minus the umask, as open() would create the target, so others keep
+    the access they would have to an ordinarily written file."""
     dirname = osp.dirname(osp.abspath(fpath))
-    mkdir_if_missing(dirname)
-    fd, tmp = tempfile.mkstemp(prefix="." + osp.basename(fpath) + ".", suffix=".tmp", dir=dirname)
+    tmp = osp.join(dirname, f".{osp.basename(fpath)}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, fpath)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+        mkdir_if_missing(dirname)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, mode) as f:
+                write_fn(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, fpath)
+        except BaseException:
+            if osp.exists(tmp):
+                os.remove(tmp)
+            raise
+    except OSError as exc:
+        if isinstance(exc, OutputWriteError):
+            raise
+        raise OutputWriteError(f'Cannot write "{fpath}": {exc.strerror or exc}. Check that the '
+                               "folder is writable and the disk has space.") from exc
 
 
 def atomic_write_text(fpath, text):
@@ -89,9 +100,8 @@ def read_image(path):
 
     if not osp.exists(path):
         raise FileNotFoundError(
-            f'Image not found: "{path}". Check DATASET.ROOT, that the dataset is fully '
-            "downloaded and prepared, and delete a stale split_fewshot/*.pkl cache "
-            "if the data folder was moved."
+            f'Image not found: "{path}". Check DATASET.ROOT and that the dataset is fully '
+            "downloaded and prepared (python tools/check_datasets.py --root <DATA> lists what is missing)."
         )
     try:
         with Image.open(path) as img:

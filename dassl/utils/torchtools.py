@@ -14,13 +14,16 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from .errors import CheckpointError
 from .tools import atomic_write_bytes, atomic_write_text, listdir_nohidden, mkdir_if_missing
 
 __all__ = [
-    "save_checkpoint", "load_checkpoint", "resume_from_checkpoint", "load_pretrained_weights",
+    "save_checkpoint", "load_checkpoint", "resume_from_checkpoint", "read_latest_checkpoint",
+    "restore_checkpoint", "load_pretrained_weights",
     "count_num_param", "count_trainable_param", "trainable_state_dict",
     "load_trainable_state_dict", "class_dependent_buffer_names",
     "DEFAULT_CLASS_DEPENDENT_BUFFERS", "ALLOW_PICKLE_ENV", "describe_checkpoint_folder",
+    "newest_checkpoint", "require_state_dict", "explain_shape_mismatch",
 ]
 
 # Buffers that depend on the class names of the current dataset/split; they are
@@ -88,9 +91,12 @@ def load_checkpoint(fpath, allow_pickle=None):
                 "the original Dassl engine), so it was not loaded with weights_only=True. "
                 f"If you trust the file, set {ALLOW_PICKLE_ENV}=1 to load it anyway."
             ) from exc
-    except Exception:
+    except Exception as exc:
         print('Unable to load checkpoint from "{}"'.format(fpath))
-        raise
+        raise CheckpointError(
+            f'Cannot read the checkpoint "{fpath}": it is truncated or not a checkpoint file '
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Train again or "
+            "copy the file again.") from None
     warnings.warn(
         f'Loading "{fpath}" with full unpickling ({ALLOW_PICKLE_ENV} is set): only do this '
         "for checkpoints you trust."
@@ -152,15 +158,18 @@ def load_trainable_state_dict(model, state_dict, source="checkpoint"):
     module.load_state_dict(state_dict, strict=False)
 
 
-def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
-    """Restore model, optimizer and scheduler from the file named in ``fdir/checkpoint``;
-    returns the number of completed epochs stored in it."""
+def read_latest_checkpoint(fdir):
+    """(path, content) of the file named in ``fdir/checkpoint`` (the newest save)."""
     pointer = osp.join(fdir, "checkpoint")
     with open(pointer, "r") as f:
         fname = f.readline().strip("\n")
     fpath = osp.join(fdir, fname)
     print(f'Loading checkpoint from "{fpath}"')
-    checkpoint = load_checkpoint(fpath)
+    return fpath, load_checkpoint(fpath)
+
+
+def restore_checkpoint(checkpoint, fpath, model, optimizer=None, scheduler=None):
+    """Load weights, optimizer and scheduler state from an already read checkpoint."""
     load_trainable_state_dict(model, checkpoint["state_dict"], source=f'Checkpoint "{fpath}"')
     print("Loaded model weights")
     if optimizer is not None and checkpoint.get("optimizer") is not None:
@@ -169,9 +178,15 @@ def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
     if scheduler is not None and checkpoint.get("scheduler") is not None:
         scheduler.load_state_dict(checkpoint["scheduler"])
         print("Loaded scheduler")
-    start_epoch = checkpoint["epoch"]
-    print(f"Previous epoch: {start_epoch}")
-    return start_epoch
+    print(f"Previous epoch: {checkpoint['epoch']}")
+
+
+def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
+    """Restore model, optimizer and scheduler from the file named in ``fdir/checkpoint``;
+    returns the number of completed epochs stored in it."""
+    fpath, checkpoint = read_latest_checkpoint(fdir)
+    restore_checkpoint(checkpoint, fpath, model, optimizer, scheduler)
+    return checkpoint["epoch"]
 
 
 def load_pretrained_weights(model, weight_path):
@@ -224,3 +239,69 @@ def describe_checkpoint_folder(folder):
     if not files:
         return f'The folder "{folder}" holds no checkpoint files.'
     return f'Checkpoint files in "{folder}": {", ".join(files)}.'
+
+
+def newest_checkpoint(folder):
+    """``model-best.pth.tar`` when a validation-based selection wrote it, else the
+    ``model.pth.tar-N`` with the largest N; None when the folder holds neither."""
+    if osp.exists(osp.join(folder, "model-best.pth.tar")):
+        return "model-best.pth.tar"
+    epochs = []
+    for fname in os.listdir(folder) if osp.isdir(folder) else []:
+        prefix, _, number = fname.rpartition("-")
+        if prefix == "model.pth.tar" and number.isdigit():
+            epochs.append(int(number))
+    return f"model.pth.tar-{max(epochs)}" if epochs else None
+
+
+def require_state_dict(checkpoint, fpath):
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        found = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(
+            f'"{fpath}" is not a checkpoint of a trained model: it has no "state_dict" '
+            f"(found: {found}). Point --model-dir at the output folder of a training run.")
+
+
+class explain_shape_mismatch:
+    """Turn torch's size-mismatch error into one message: file, tensor, both shapes and the
+    config keys that differ between the checkpoint's run and this one."""
+
+    def __init__(self, fpath, checkpoint, cfg):
+        self.fpath, self.checkpoint, self.cfg = fpath, checkpoint, cfg
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not RuntimeError or "size mismatch" not in str(exc):
+            return False
+        line = next(l.strip() for l in str(exc).splitlines() if "size mismatch" in l)
+        raise CheckpointError(
+            f'Checkpoint "{self.fpath}" does not fit this model: {line} '
+            f"{differing_shape_keys(self.checkpoint.get('config', ''), self.cfg)}") from None
+
+
+def differing_shape_keys(saved_config, cfg):
+    """The TRAINER.* and MODEL.BACKBONE.* keys whose values differ (what decides shapes)."""
+    if not saved_config or cfg is None:
+        return "Was it trained with another N_CTX, prompt depth or backbone? Use the same config."
+    import yaml
+    saved = flatten(yaml.safe_load(saved_config))
+    current = flatten(yaml.safe_load(cfg.dump()))
+    keys = [k for k in sorted(set(saved) | set(current))
+            if k.startswith(("TRAINER.", "MODEL.BACKBONE.")) and k != "MODEL.BACKBONE.PATH"
+            and saved.get(k) != current.get(k)]
+    if not keys:
+        return "The shape-deciding config keys are equal; was the file trained by another code base?"
+    return "Config keys that differ (checkpoint -> this run): " + ", ".join(
+        f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in keys) + "."
+
+
+def flatten(tree, prefix=""):
+    out = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -10,9 +10,13 @@
 #   OUTPUT     output root (default: <repo>/output)
 #   PYTHON     interpreter (default: <repo>/.venv/bin/python if present, else python3)
 #   GPU        if set, exported as CUDA_VISIBLE_DEVICES for this job
+#   NPROC      processes (GPUs) of one run, default 1; > 1 runs train.py through
+#              torchrun --standalone --nproc_per_node NPROC (alias: GPUS_PER_RUN)
 #   CFG        config name under configs/trainers/<TRAINER>/ (default: chosen by method.sh),
 #              e.g. CFG=vit_b16_released_linear for MuDPT's released variant
 #   LOAD_EPOCH override the epoch a test loads (default: OPTIM.MAX_EPOCH of the config)
+#   TAG        own data (DATASET image_folder, DATA = its folder): its name in output folders
+#              and tables, passed as DATASET.TAG (default: the name of the DATA folder)
 #   DRY_RUN=1  print the output folder, status and command; run nothing, change nothing
 set -euo pipefail
 
@@ -83,6 +87,13 @@ elif [ -x "$REPO/.venv/bin/python" ]; then
 else
     PY=python3
 fi
+if [ -n "${NPROC:-}" ] && [ -n "${GPUS_PER_RUN:-}" ] && [ "$NPROC" != "$GPUS_PER_RUN" ]; then
+    die "NPROC=$NPROC and GPUS_PER_RUN=$GPUS_PER_RUN disagree; set only one of them."
+fi
+NPROC=${NPROC:-${GPUS_PER_RUN:-1}}
+is_uint "$NPROC" && [ "$NPROC" -gt 0 ] ||
+    die "NPROC (or GPUS_PER_RUN) must be a whole number > 0 (processes of one run), got '$NPROC'."
+NPROC=$((10#$NPROC))
 cd "$REPO"
 
 # ---- method: TRAINER and config ----------------------------------------------------------
@@ -121,6 +132,20 @@ if [ ! -f "$DATASET_FILE" ]; then
     die "unknown dataset '$DATASET': $DATASET_FILE does not exist. Known datasets: ${known:-none}"
 fi
 
+# ---- the dataset's name in output folders ----------------------------------------------
+NAME_IN_PATHS=$DATASET
+TAG_OPTS=()
+if [ "$DATASET" = image_folder ]; then
+    # Own datasets are told apart by their tag, or two of them would share output folders.
+    TAG=${TAG:-$(basename "$DATA")}
+    [[ "$TAG" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
+        die "TAG='$TAG' cannot name output folders; set TAG=NAME (letters, digits, '.', '_', '-') for the data in $DATA."
+    [ ! -f "configs/datasets/${TAG}.yaml" ] && [ "$TAG" != base2new ] && [ "$TAG" != evaluation ] ||
+        die "TAG='$TAG' (own data in $DATA) is also the name of a benchmark dataset or output folder; set TAG=another name."
+    NAME_IN_PATHS=$TAG
+    TAG_OPTS=(DATASET.TAG "$TAG")
+fi
+
 max_epoch_of() {  # OPTIM.MAX_EPOCH of a yacs config file
     awk '
         /^[^[:space:]#]/ { in_optim = ($1 == "OPTIM:") }
@@ -132,25 +157,28 @@ max_epoch_of() {  # OPTIM.MAX_EPOCH of a yacs config file
 MODEL_DIR=""
 case "$PROTOCOL" in
     base2new_train)
-        DIR="$OUTPUT/base2new/train_base/${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
+        DIR="$OUTPUT/base2new/train_base/${NAME_IN_PATHS}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
         PROTOCOL_OPTS=(DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base) ;;
     base2new_test)
-        DIR="$OUTPUT/base2new/test_new/${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
-        MODEL_DIR="$OUTPUT/base2new/train_base/${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
+        DIR="$OUTPUT/base2new/test_new/${NAME_IN_PATHS}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
+        MODEL_DIR="$OUTPUT/base2new/train_base/${NAME_IN_PATHS}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
         PROTOCOL_OPTS=(DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES new) ;;
     few_shot)
-        DIR="$OUTPUT/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
+        DIR="$OUTPUT/${NAME_IN_PATHS}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
         PROTOCOL_OPTS=(DATASET.NUM_SHOTS "$SHOTS") ;;
     xd_train)
         DIR="$OUTPUT/imagenet/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
         PROTOCOL_OPTS=(DATASET.NUM_SHOTS "$SHOTS") ;;
     xd_test)
-        DIR="$OUTPUT/evaluation/${TRAINER}/${CFG}_${SHOTS}shots/${DATASET}/seed${SEED}"
+        DIR="$OUTPUT/evaluation/${TRAINER}/${CFG}_${SHOTS}shots/${NAME_IN_PATHS}/seed${SEED}"
         MODEL_DIR="$OUTPUT/imagenet/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
         PROTOCOL_OPTS=() ;;
 esac
 
-CMD=("$PY" train.py
+LAUNCH=("$PY")
+# Several processes: the venv's own torchrun, one process per GPU, same train.py arguments.
+[ "$NPROC" = 1 ] || LAUNCH=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
+CMD=("${LAUNCH[@]}" train.py
     --root "$DATA"
     --seed "$SEED"
     --trainer "$TRAINER"
@@ -173,10 +201,13 @@ elif [ -n "$MODEL_DIR" ]; then
     CMD+=(--model-dir "$MODEL_DIR" --load-epoch "$LOAD" --eval-only)
 fi
 [ -z "$CLIP_PATH" ] || CMD+=(MODEL.BACKBONE.PATH "$CLIP_PATH")
-CMD+=("${PROTOCOL_OPTS[@]}" "${EXTRA_OPTS[@]}")
+CMD+=("${PROTOCOL_OPTS[@]}" "${TAG_OPTS[@]}" "${EXTRA_OPTS[@]}")
 
 if [ -f "$DIR/results.json" ]; then
     STATUS=done
+    # A finished run is skipped only if it is this run (another seed, shots or tag is refused).
+    python3 "$REPO/scripts/common/same_run.py" "$DIR/results.json" "trainer=$TRAINER" "seed=$SEED" \
+        "config=$CFG" -- "${PROTOCOL_OPTS[@]}" "${TAG_OPTS[@]}" "${EXTRA_OPTS[@]}" || exit 2
 elif [ -e "$DIR/log.txt" ]; then
     STATUS=partial
 else
@@ -196,6 +227,11 @@ if [ "$STATUS" = done ]; then
     echo "Oops! The results exist at ${DIR} (so skip this job)"
     exit 0
 fi
+if [ -f "$DIR/run.lock" ]; then  # a live run holds the folder: leave its log where it is
+    HOLDER=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$DIR/run.lock")
+    [ -z "$HOLDER" ] || ! kill -0 "$HOLDER" 2>/dev/null ||
+        die "$DIR is in use by a running process (PID $HOLDER, see $DIR/run.lock); wait for it to finish."
+fi
 [ -d "$DATA" ] || die "dataset root DATA=$DATA does not exist. Set DATA=/path/to/datasets (the folder that holds oxford_pets/, dtd/, ...)."
 [ -z "$CLIP_PATH" ] || [ -f "$CLIP_PATH" ] || die "CLIP_PATH=$CLIP_PATH is not a file. Point it to CLIP weights (e.g. ViT-B-16.pt), or unset it to use ~/.cache/clip."
 if [ -n "$MODEL_DIR" ] && [ "$TRAINING_FREE" != 1 ]; then
@@ -212,9 +248,33 @@ if [ "$STATUS" = partial ]; then
 fi
 [ -z "${GPU:-}" ] || export CUDA_VISIBLE_DEVICES=$GPU
 
+# One line when the job starts and one when it ends, so a grid of jobs shows its progress.
+JOB="$METHOD $PROTOCOL $NAME_IN_PATHS seed $SEED"
+[ "$PROTOCOL" != few_shot ] || JOB="$JOB, $SHOTS shots"
+elapsed() {
+    local s=$((SECONDS - START))
+    printf '%d:%02d:%02d' $((s / 3600)) $((s % 3600 / 60)) $((s % 60))
+}
+START=$SECONDS
+echo "== start: $JOB ($(date '+%Y-%m-%d %H:%M:%S'))"
 echo "Running: $(printf '%q ' "${CMD[@]}")"
-"${CMD[@]}"
-if [ ! -f "$DIR/results.json" ]; then
+RC=0
+"${CMD[@]}" || RC=$?
+if [ "$RC" = 0 ] && [ ! -f "$DIR/results.json" ]; then
     echo "Warning: train.py exited without writing $DIR/results.json; the run is not complete." >&2
-    exit 1
+    RC=1
 fi
+if [ "$RC" != 0 ]; then
+    LOG="log: $DIR/log.txt"
+    [ -f "$DIR/log.txt" ] || LOG="no log.txt: it stopped before logging, see the messages above"
+    echo "== FAILED: $JOB after $(elapsed) (exit status $RC); $LOG" >&2
+    exit "$RC"
+fi
+# The first "accuracy" of results.json is the final test's (train.py nests it under "metrics").
+ACCURACY=$(sed -n '/"accuracy": *[-0-9]/{s/.*"accuracy": *\([-0-9.eE+]*\).*/\1/p;q;}' "$DIR/results.json")
+if [ -n "$ACCURACY" ]; then
+    ACCURACY=$(printf '%.2f%%' "$ACCURACY")
+else
+    ACCURACY="unknown (see $DIR/results.json)"
+fi
+echo "== done: $JOB in $(elapsed), accuracy $ACCURACY"

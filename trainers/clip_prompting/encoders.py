@@ -1,19 +1,25 @@
 """The one prompt-aware forward of CLIP's text and image transformers.
 
-Methods never touch CLIP's code: they hand these encoders their prompt tensors, and
-a per-block hook splices them into the token sequence. Sequences are batch-first,
-(N, L, D), throughout.
+Methods never touch CLIP's code: they hand these encoders what they add at each block, and
+``run_blocks`` applies it: prompts spliced in before a block (``hook``), low-rank updates
+inside its attention (``lora``), adapters acting after it (``after``). Sequences are
+batch-first, (N, L, D), throughout.
 
 Two execution paths compute the same function:
 - fast (default): attention through ``scaled_dot_product_attention`` and, for text,
   the sequence cut after the last EOT token. Both are exact: the causal mask means no
-  token before EOT can see the padding that is cut away.
-- reference (``fast=False``): CLIP's own residual blocks over all 77 positions, the
-  straightforward implementation the fast path is tested and benchmarked against.
+  token before EOT can see the padding that is cut away, and LoRA and adapters act on
+  each token separately.
+- reference (``fast=False``): CLIP's own residual blocks over all 77 positions (LoRA
+  merged into their weights), the straightforward implementation the fast path is tested
+  and benchmarked against.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
+
+from .loading import vision_architecture
 
 
 def splice(x, tokens, start):
@@ -39,32 +45,45 @@ def deep_prompt_hook(prompts, start):
     return hook
 
 
-def attention(attn, x, causal):
-    """nn.MultiheadAttention's self-attention, batch-first, through SDPA."""
+def attention(attn, x, causal, lora=None):
+    """nn.MultiheadAttention's self-attention, batch-first, through SDPA; ``lora``: an AttentionLoRA."""
     n, length, width = x.shape
     heads = attn.num_heads
-    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    if lora is not None:
+        q, k, v = (lora.updated(name, x, t) for name, t in zip("qkv", (q, k, v)))
+    q, k, v = (t.reshape(n, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     out = out.transpose(1, 2).reshape(n, length, width)
-    return attn.out_proj(out)
+    return attn.out_proj(out) if lora is None else lora.updated("o", out, attn.out_proj(out))
 
 
-def residual_block(block, x, causal):
+def residual_block(block, x, causal, lora=None):
     """CLIP's pre-LN residual block on a batch-first sequence."""
-    x = x + attention(block.attn, block.ln_1(x), causal)
+    x = x + attention(block.attn, block.ln_1(x), causal, lora)
     return x + block.mlp(block.ln_2(x))
 
 
-def run_blocks(blocks, x, causal, hook=None, fast=True):
-    """Run CLIP residual blocks, calling ``hook(i, x)`` before block i (to insert prompts)."""
+def reference_block(block, x, lora=None):
+    """CLIP's own block: sequence-first, its stored 77x77 mask, LoRA merged into its weights."""
+    x = x.transpose(0, 1)
+    x = block(x) if lora is None else functional_call(block, lora.merged(block.attn), (x,))
+    return x.transpose(0, 1)
+
+
+def run_blocks(blocks, x, causal, hook=None, fast=True, after=None, lora=None):
+    """Run CLIP residual blocks with a method's additions at each block i.
+
+    ``hook(i, x)`` runs before block i (prompts); ``lora.at(i)`` (an EncoderLoRA) updates its
+    attention projections; ``after(i, x_in, x_out)`` runs after it and sees the block's input
+    and output (adapters).
+    """
     for index, block in enumerate(blocks):
         if hook is not None:
             x = hook(index, x)
-        if fast:
-            x = residual_block(block, x, causal)
-        else:  # CLIP's own block: sequence-first, its stored 77x77 mask
-            x = block(x.transpose(0, 1)).transpose(0, 1)
+        updates = lora.at(index) if lora is not None else None
+        y = residual_block(block, x, causal, updates) if fast else reference_block(block, x, updates)
+        x = y if after is None else after(index, x, y)
     return x
 
 
@@ -96,18 +115,21 @@ class TextEncoder(nn.Module):
         with torch.no_grad():
             return self.token_embedding(token_ids.long()).type(self.dtype)
 
-    def forward(self, embeddings, eot_index, hook=None):
-        """embeddings (C, 77, D) prompt-token embeddings; eot_index (C,) EOT positions."""
+    def forward(self, embeddings, eot_index, hook=None, after=None, lora=None):
+        """embeddings (C, 77, D) prompt-token embeddings; eot_index (C,) EOT positions.
+
+        ``hook``, ``after`` and ``lora``: the method's additions at each block (see ``run_blocks``).
+        """
         length = int(eot_index.max()) + 1 if self.fast else embeddings.shape[1]
         x = embeddings[:, :length].type(self.dtype) + self.positional_embedding[:length].type(self.dtype)
-        x = run_blocks(self.transformer.resblocks, x, causal=True, hook=hook, fast=self.fast)
+        x = run_blocks(self.transformer.resblocks, x, causal=True, hook=hook, fast=self.fast, after=after, lora=lora)
         x = self.ln_final(x).type(self.dtype)
         rows = torch.arange(x.shape[0], device=x.device)
         return x[rows, eot_index.to(x.device)] @ self.text_projection
 
-    def encode_ids(self, token_ids, hook=None):
-        """Plain text features from token ids (ids from ``tokenize``)."""
-        return self(self.embed(token_ids), token_ids.argmax(dim=-1), hook=hook)
+    def encode_ids(self, token_ids, **additions):
+        """Text features from token ids (ids from ``tokenize``); ``additions`` as in ``forward``."""
+        return self(self.embed(token_ids), token_ids.argmax(dim=-1), **additions)
 
 
 class ImageEncoder(nn.Module):
@@ -132,10 +154,16 @@ class ImageEncoder(nn.Module):
         return len(self.visual.transformer.resblocks) if self.is_vit else 0
 
     def require_vit(self, owner, backbone="", alternative=""):
-        """The one error for a method that inserts visual prompts into a ResNet backbone."""
+        """The one error for a method that works inside the image transformer (prompts, adapters,
+        LoRA) given a ResNet backbone.
+
+        ``backbone`` is MODEL.BACKBONE.NAME; the message names what the weights really are."""
         if not self.is_vit:
-            name = f" (MODEL.BACKBONE.NAME is {backbone})" if backbone else ""
-            raise ValueError(f"{owner}: visual prompts need a ViT backbone{name}; use e.g. ViT-B/16{alternative}. "
+            architecture = vision_architecture(self.visual)
+            named = f"MODEL.BACKBONE.NAME is {backbone}, but " if backbone and backbone != architecture else ""
+            raise ValueError(f"{owner}: this method works inside the image transformer, so it needs a ViT "
+                             f"backbone ({named}the CLIP weights are "
+                             f"{architecture}); use e.g. ViT-B/16{alternative}. "
                              "ResNet CLIP backbones support text-side methods only.")
 
     def tokens(self, images):
@@ -145,10 +173,14 @@ class ImageEncoder(nn.Module):
         cls = v.class_embedding.type(self.dtype).expand(x.shape[0], 1, -1)
         return torch.cat([cls, x], dim=1) + v.positional_embedding.type(self.dtype)
 
-    def forward(self, images, prompts=None, hook=None):
-        """images (B, 3, H, W); prompts (n, D) or (B, n, D) appended before ln_pre."""
+    def forward(self, images, prompts=None, hook=None, after=None, lora=None):
+        """images (B, 3, H, W); prompts (n, D) or (B, n, D) appended before ln_pre.
+
+        ``hook`` (block 0 sees the output of ``ln_pre``), ``after`` and ``lora``: the method's
+        additions at each block (see ``run_blocks``).
+        """
         if not self.is_vit:
-            if prompts is not None or hook is not None:
+            if any(a is not None for a in (prompts, hook, after, lora)):
                 self.require_vit("ImageEncoder")
             return self.visual(images.type(self.dtype))
         x = self.tokens(images)
@@ -157,7 +189,8 @@ class ImageEncoder(nn.Module):
                 prompts = prompts.unsqueeze(0)
             x = torch.cat([x, prompts.type(self.dtype).expand(x.shape[0], -1, -1)], dim=1)
         x = self.visual.ln_pre(x)
-        x = run_blocks(self.visual.transformer.resblocks, x, causal=False, hook=hook, fast=self.fast)
+        x = run_blocks(self.visual.transformer.resblocks, x, causal=False, hook=hook, fast=self.fast, after=after,
+                       lora=lora)
         return self.visual.ln_post(x[:, 0]) @ self.visual.proj
 
 

@@ -2,14 +2,19 @@
 
 Every trainer gets its frozen CLIP from here, so offline use and error messages are
 handled once. Weights are loaded in exact fp32: clip's own ``build_model`` rounds them
-to fp16, so we restore the file's values after building the module.
+to fp16, so we restore the file's values after building the module. The architecture
+is read from the file's shapes, checked against MODEL.BACKBONE.NAME and logged as
+``CLIP architecture: <name>``.
 """
 import os
 import warnings
 
 import torch
 
-from dassl import torchvision_guard  # noqa: F401  (before clip imports torchvision)
+try:  # this project's engine makes torchvision importable on CPU-only torch (before clip imports it)
+    from dassl import torchvision_guard  # noqa: F401
+except ImportError:
+    pass  # the original Dassl: torchvision is used as installed
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # clip imports the deprecated pkg_resources
@@ -18,9 +23,30 @@ with warnings.catch_warnings():
 
 CLIP_CACHE_DIR = os.path.expanduser("~/.cache/clip")
 
+# OpenAI's released models, told apart by their image tower:
+# ("ViT", width, layers, patch, input px, embed dim) or ("ResNet", blocks per stage, width, input px, embed dim).
+STANDARD_ARCHITECTURES = {
+    ("ViT", 768, 12, 32, 224, 512): "ViT-B/32",
+    ("ViT", 768, 12, 16, 224, 512): "ViT-B/16",
+    ("ViT", 1024, 24, 14, 224, 768): "ViT-L/14",
+    ("ViT", 1024, 24, 14, 336, 768): "ViT-L/14@336px",
+    ("ResNet", (3, 4, 6, 3), 64, 224, 1024): "RN50",
+    ("ResNet", (3, 4, 23, 3), 64, 224, 512): "RN101",
+    ("ResNet", (4, 6, 10, 6), 80, 288, 640): "RN50x4",
+    ("ResNet", (6, 8, 18, 8), 96, 384, 768): "RN50x16",
+    ("ResNet", (3, 15, 36, 10), 128, 448, 1024): "RN50x64",
+}
+# Keys every CLIP state dict has, ViT and ResNet alike.
+CLIP_KEYS = ("token_embedding.weight", "positional_embedding", "text_projection", "ln_final.weight", "logit_scale",
+             "visual.conv1.weight")
+
 
 class ClipWeightsNotFound(FileNotFoundError):
     pass
+
+
+class ClipWeightsError(ValueError):
+    """The weights file is not usable CLIP weights, or not the CLIP that MODEL.BACKBONE.NAME names."""
 
 
 def default_cache_path(name):
@@ -29,8 +55,48 @@ def default_cache_path(name):
     return os.path.join(CLIP_CACHE_DIR, os.path.basename(url))
 
 
+def describe_vision(visual_state):
+    """Name of a CLIP image tower from its state dict (keys without "visual."): a standard name
+    such as "ViT-B/16", else e.g. "ViT (custom: width 64, 12 layers, patch 32, 224 px)"."""
+    if "proj" in visual_state:  # ViT (clip's own test)
+        width, _, patch, _ = visual_state["conv1.weight"].shape
+        layers = len({k.split(".")[2] for k in visual_state if k.startswith("transformer.resblocks.")})
+        pixels = patch * round((visual_state["positional_embedding"].shape[0] - 1) ** 0.5)
+        shape = ("ViT", width, layers, patch, pixels, visual_state["proj"].shape[1])
+        custom = f"ViT (custom: width {width}, {layers} layers, patch {patch}, {pixels} px)"
+    else:  # ModifiedResNet: 32x downsampling before the attention pool
+        blocks = tuple(len({k.split(".")[1] for k in visual_state if k.startswith(f"layer{i}.")}) for i in (1, 2, 3, 4))
+        width = visual_state["layer1.0.conv1.weight"].shape[0]
+        pixels = 32 * round((visual_state["attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+        shape = ("ResNet", blocks, width, pixels, visual_state["attnpool.c_proj.weight"].shape[0])
+        custom = f"ResNet (custom: blocks {'-'.join(map(str, blocks))}, width {width}, {pixels} px)"
+    return STANDARD_ARCHITECTURES.get(shape, custom)
+
+
+def vision_architecture(visual):
+    """Name of a live CLIP image tower (``clip_model.visual``)."""
+    return describe_vision(visual.state_dict())
+
+
+def family(architecture):
+    return "ViT" if architecture.startswith("ViT") else "ResNet"
+
+
 def read_state_dict(path):
-    """Read a CLIP state dict from a plain state-dict file or an OpenAI JIT archive."""
+    """Read a CLIP state dict from a plain state-dict file or an OpenAI JIT archive.
+
+    Each way a file can be wrong (empty, not a PyTorch file, truncated, Python objects,
+    not CLIP) gets its own ``ClipWeightsError`` naming the file and what was looked for."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        raise ClipWeightsError(f'CLIP weights file "{path}" is empty (0 bytes): the download or copy did not '
+                               "finish. Fetch the file again, or set MODEL.BACKBONE.PATH to another one.")
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):  # zip archive or legacy torch pickle
+        raise ClipWeightsError(
+            f'"{path}" is not a PyTorch file: looked for CLIP weights (an OpenAI .pt archive or a state dict saved '
+            f"with torch.save), but it starts with {head!r}, like a text or HTML page. Set MODEL.BACKBONE.PATH "
+            "to the CLIP weights file, e.g. ViT-B-16.pt.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.load is deprecated but still the format
@@ -40,29 +106,66 @@ def read_state_dict(path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise RuntimeError(
-            f'Cannot read CLIP weights from "{path}": it is neither an OpenAI JIT archive nor a '
-            f"state dict saved with torch.save ({type(exc).__name__}: {exc}). Check that the "
-            "download finished, or regenerate the file."
-        ) from exc
+        if "Weights only load failed" in str(exc) and "Unsupported" in str(exc):
+            raise ClipWeightsError(
+                f'"{path}" holds pickled Python objects, not a plain state dict of CLIP weights, and is not loaded '
+                "(unpickling can run code). Save the model's state_dict() with torch.save and point "
+                "MODEL.BACKBONE.PATH at that file.") from exc
+        raise ClipWeightsError(
+            f'Cannot read CLIP weights from "{path}": the file is truncated or corrupt ({type(exc).__name__}: '
+            f"{str(exc).splitlines()[0]}). Fetch it again, or regenerate it.") from exc
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or "token_embedding.weight" not in obj:
-        raise RuntimeError(
-            f'"{path}" does not hold a CLIP state dict (no "token_embedding.weight" key). '
-            "MODEL.BACKBONE.PATH must point to CLIP weights, e.g. ViT-B-16.pt."
-        )
+    keys = list(obj) if isinstance(obj, dict) else []
+    missing = [key for key in CLIP_KEYS if key not in keys]
+    if missing:
+        found = f"; it has {', '.join(map(str, keys[:4]))}{', ...' if len(keys) > 4 else ''}" if keys else \
+            f"; it holds a {type(obj).__name__}"
+        raise ClipWeightsError(
+            f'"{path}" does not hold a CLIP state dict: looked for CLIP\'s keys ({", ".join(missing)}){found}. '
+            "MODEL.BACKBONE.PATH must point to CLIP weights, e.g. ViT-B-16.pt.")
     return obj
 
 
-def clip_from_state_dict(state_dict):
+def file_architecture(state_dict, path):
+    """Name of the CLIP in ``state_dict`` (read from ``path``), see ``describe_vision``."""
+    visual = {k[len("visual."):]: v for k, v in state_dict.items() if k.startswith("visual.")}
+    try:
+        return describe_vision(visual)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ClipWeightsError(f'"{path}" has CLIP\'s text keys but no CLIP image tower (looked for visual.proj '
+                               f"of a ViT or visual.attnpool.* of a ResNet; missing {exc}).") from exc
+
+
+def check_architecture(name, architecture, path):
+    """Stop when MODEL.BACKBONE.NAME names another CLIP than the file holds.
+
+    A custom CLIP (a tiny or mini CLIP for tests and demos) may run under a standard name of
+    its own family, as the configs' "ViT-B/16"; the log then names what actually runs."""
+    if name not in clip.available_models() or name == architecture:
+        return
+    standard = architecture in clip.available_models()
+    if standard or family(name) != family(architecture):
+        fix = f"set MODEL.BACKBONE.NAME {architecture}" if standard else \
+            f"use a {family(architecture)} name for MODEL.BACKBONE.NAME"
+        raise ClipWeightsError(f'MODEL.BACKBONE.NAME is {name}, but "{path}" holds {architecture} weights: {fix}, '
+                               f"or point MODEL.BACKBONE.PATH at {name} weights.")
+    print(f"Note: {path} holds a custom CLIP, not the standard {name} that MODEL.BACKBONE.NAME names")
+
+
+def clip_from_state_dict(state_dict, path="the weights file"):
     """Build a CLIP module with exactly the given (fp32) weights."""
     state_dict = {k: v for k, v in state_dict.items()}
-    model = build_model(dict(state_dict))  # copy: build_model deletes metadata keys
-    model.float()
-    for key in ("input_resolution", "context_length", "vocab_size"):
-        state_dict.pop(key, None)
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    try:
+        model = build_model(dict(state_dict))  # copy: build_model deletes metadata keys
+        model.float()
+        for key in ("input_resolution", "context_length", "vocab_size"):
+            state_dict.pop(key, None)
+        model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    except (KeyError, RuntimeError, ValueError, IndexError) as exc:
+        raise ClipWeightsError(f'"{path}" has CLIP\'s keys, but its tensors do not form a CLIP model '
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0]}). Fetch it again, or "
+                               "regenerate it.") from exc
     return model.eval()
 
 
@@ -70,6 +173,9 @@ def resolve_weights(name, path=""):
     """Return the file to load for backbone ``name``, downloading only as a last resort."""
     if path:
         path = os.path.expanduser(path)
+        if os.path.isdir(path):
+            raise ClipWeightsNotFound(f'MODEL.BACKBONE.PATH is "{path}", a folder; point it at the CLIP weights '
+                                      "file inside, e.g. ViT-B-16.pt.")
         if not os.path.isfile(path):
             raise ClipWeightsNotFound(
                 f'MODEL.BACKBONE.PATH is "{path}", but no file exists there. Pass the path of a CLIP '
@@ -96,8 +202,21 @@ def resolve_weights(name, path=""):
 
 
 def load_clip(name, path=""):
-    """Load CLIP in fp32 on the CPU; the trainer moves and casts it."""
-    return clip_from_state_dict(read_state_dict(resolve_weights(name, path)))
+    """Load CLIP in fp32 on the CPU (the trainer moves and casts it), after checking that the
+    file holds the architecture MODEL.BACKBONE.NAME names."""
+    path = resolve_weights(name, path)
+    state_dict = read_state_dict(path)
+    architecture = file_architecture(state_dict, path)
+    check_architecture(name, architecture, path)
+    print(f"CLIP architecture: {architecture}")
+    return clip_from_state_dict(state_dict, path)
+
+
+def load_clip_from_cfg(cfg):
+    """CLIP of ``cfg.MODEL.BACKBONE``. PATH is this project's key: a config of the original
+    Dassl has none, and then the weights come from the CLIP cache as there."""
+    backbone = cfg.MODEL.BACKBONE
+    return load_clip(backbone.NAME, backbone.get("PATH", ""))
 
 
 def to_half(model):

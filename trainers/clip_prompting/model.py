@@ -40,11 +40,16 @@ class PromptedCLIP(nn.Module):
         """Normalised class text features (C, E)."""
         return F.normalize(self.encode_text(self.prompts()).float(), dim=-1)
 
-    def forward(self, images, text_features=None):
+    def features(self, images, text_features=None):
+        """Normalised image (B, E) and class text (C, E) features; given text features are used as they are."""
         prompts = self.prompts()
         image_features = F.normalize(self.encode_image(images, prompts).float(), dim=-1)
         if text_features is None:
             text_features = F.normalize(self.encode_text(prompts).float(), dim=-1)
+        return image_features, text_features
+
+    def forward(self, images, text_features=None):
+        image_features, text_features = self.features(images, text_features)
         return self.logit_scale * image_features @ text_features.t()
 
     def trainable_parameters(self):

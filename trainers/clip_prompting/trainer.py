@@ -5,6 +5,7 @@ A method subclass names its config node and checkpoint name and builds its
 and cached evaluation live here once.
 """
 import contextlib
+import os
 
 import torch
 import torch.nn.functional as F
@@ -14,15 +15,46 @@ from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_pretrained_weights
 
-from .loading import load_clip, to_half
+from .loading import load_clip_from_cfg, to_half
 
 PRECISIONS = ("fp32", "fp16", "amp")
+GPU_PRECISION_ON_CPU = "GPU_PRECISION_ON_CPU"
+
+
+def gpu_precision_on_cpu():
+    """Test switch (environment GPU_PRECISION_ON_CPU=1): run the GPU precision branches (fp16
+    CLIP with a gradient scaler, fp16 autocast with a scaler) on the CPU, so CI executes them."""
+    return os.environ.get(GPU_PRECISION_ON_CPU, "") not in ("", "0")
 
 
 class PromptTuningTrainer(TrainerX):
     cfg_node = None          # e.g. "COOP": cfg.TRAINER.<cfg_node> holds the method's keys
     model_name = "prompt_learner"  # registered name = checkpoint folder
     learnable_attr = None    # registered sub-module of self.model; None = the whole model
+    lr_per_batch = False     # True: the LR schedule steps after every batch (CLIP-LoRA's), not once per epoch
+
+    def __init__(self, cfg, classnames=None):
+        """``classnames``: build the model for this class list, without a dataset or loaders
+        (inference on images; checkpoints hold no class-dependent tensors)."""
+        self._given_classnames = None if classnames is None else list(classnames)
+        super().__init__(cfg)
+
+    def build_data_loader(self):
+        if self._given_classnames is None:
+            super().build_data_loader()
+            return
+        self.dm = None
+        self.train_loader_x = self.train_loader_u = self.val_loader = self.test_loader = None
+        self.num_classes = len(self._given_classnames)
+        self.num_source_domains = 0
+        self.lab2cname = dict(enumerate(self._given_classnames))
+
+    @property
+    def classnames(self):
+        """The classes the model scores: the given list, else the dataset's (label order)."""
+        if self._given_classnames is not None:
+            return self._given_classnames
+        return self.dm.dataset.classnames
 
     # -- configuration -------------------------------------------------------------------
     @property
@@ -35,9 +67,14 @@ class PromptTuningTrainer(TrainerX):
             raise ValueError(f'TRAINER.{self.cfg_node}.PREC is "{prec}"; use one of {", ".join(PRECISIONS)}.')
 
     @property
+    def gpu_precision(self):
+        """True where the GPU precision branches run: on CUDA, or on CPU under the test switch."""
+        return self.device.type == "cuda" or gpu_precision_on_cpu()
+
+    @property
     def precision(self):
         prec = self.method_cfg.PREC
-        if prec == "fp16" and self.device.type != "cuda":
+        if prec == "fp16" and not self.gpu_precision:
             return "fp32"  # half-precision CLIP is a GPU mode; on CPU it is slow and inexact
         return prec
 
@@ -51,9 +88,10 @@ class PromptTuningTrainer(TrainerX):
     def load_frozen_clip(self):
         cfg = self.cfg
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)
+        clip_model = load_clip_from_cfg(cfg)
         if self.method_cfg.PREC == "fp16" and self.precision == "fp32":
             print(f"TRAINER.{self.cfg_node}.PREC fp16 needs a GPU; running in fp32 on {self.device.type}")
+        print(f"Precision: {self.precision}")  # what runs on this device, for the provenance table
         if self.precision == "fp16":
             to_half(clip_model)  # learnable tensors stay fp32; a GradScaler guards the step
         self.check_input_size(clip_model)
@@ -63,7 +101,7 @@ class PromptTuningTrainer(TrainerX):
 
     def build_model(self):
         cfg = self.cfg
-        classnames = self.dm.dataset.classnames
+        classnames = self.classnames
         clip_model = self.load_frozen_clip()
         print("Building custom CLIP")
         self.model = self.build_custom_clip(cfg, classnames, clip_model)
@@ -77,8 +115,8 @@ class PromptTuningTrainer(TrainerX):
 
         self.model.to(self.device)
         self.register_learners()
-        use_scaler = self.precision == "fp16" or (self.precision == "amp" and self.device.type == "cuda")
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        use_scaler = self.precision == "fp16" or (self.precision == "amp" and self.gpu_precision)
+        self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
 
     def register_learners(self):
         """Register the learnable module with its optimiser and scheduler under ``model_name``.
@@ -87,8 +125,12 @@ class PromptTuningTrainer(TrainerX):
         registers one module per optimiser (the engine steps and saves each)."""
         module = self.learnable_module()
         self.optim = build_optimizer([p for p in module.parameters() if p.requires_grad], self.cfg.OPTIM)
-        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+        self.sched = self.build_scheduler(self.optim)
         self.register_model(self.model_name, module, self.optim, self.sched)
+
+    def build_scheduler(self, optim):
+        """The LR schedule of OPTIM, stepped once per epoch (``lr_per_batch``: after every batch)."""
+        return build_lr_scheduler(optim, self.cfg.OPTIM)
 
     def check_input_size(self, clip_model):
         size = self.cfg.INPUT.SIZE
@@ -100,7 +142,7 @@ class PromptTuningTrainer(TrainerX):
     def autocast(self):
         if self.precision != "amp":
             return contextlib.nullcontext()
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        dtype = torch.float16 if self.gpu_precision else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
 
     # -- training --------------------------------------------------------------------------
@@ -121,11 +163,13 @@ class PromptTuningTrainer(TrainerX):
             self.detect_anomaly(loss)
             self.model_zero_grad()
             self.scaler.scale(loss).backward()
+            if hasattr(self, "sync_gradients"):  # multi-process runs (absent in the original engine)
+                self.sync_gradients()  # averaged before the scaler checks for inf
             for name in self.get_model_names():
                 self.scaler.step(self._optims[name])
             self.scaler.update()
         summary = {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
-        if (self.batch_idx + 1) == self.num_batches:
+        if self.lr_per_batch or (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
 

@@ -1,0 +1,236 @@
+"""Classify images with a trained run: top-k classes and their probabilities.
+
+python predict.py --model-dir OUT --load-epoch E --classnames classes.txt photos/ cat.jpg [--topk 5] [--csv F]
+python predict.py --model-dir OUT --load-epoch E --dataset-config-file configs/datasets/dtd.yaml --root DATA photos/
+
+The run's settings come from OUT/config.yaml (written by train.py); its trained tensors load
+with the engine's own load_model. Checkpoints hold no class-dependent tensors, so the classes
+to score can be any list: a file with one class name per line, or a dataset's classes (its
+DATASET.SUBSAMPLE_CLASSES as in the run, or as set with --opts). Images get the run's test
+transform and are scored in batches of DATALOADER.TEST.BATCH_SIZE, as in its evaluation.
+Predictions go to stdout, everything else to stderr.
+"""
+import argparse
+import contextlib
+import csv
+import io
+import os
+import sys
+from collections import Counter
+
+import dassl  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
+import torch
+
+import datasets  # noqa: F401  (registers every dataset)
+import trainers
+from dassl.data.datasets import build_dataset
+from dassl.data.transforms import build_transform
+from dassl.engine import TRAINER_REGISTRY
+from dassl.utils import atomic_write_text, read_image
+from dassl.utils.errors import UserInputError
+from datasets.verify import IMAGE_EXTENSIONS
+
+RUN_CONFIG = "config.yaml"
+
+
+class PredictError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="image files, or folders searched recursively for images")
+    p.add_argument("--model-dir", "--model_dir", dest="model_dir", required=True,
+                   help="output folder of the training run")
+    p.add_argument("--load-epoch", "--load_epoch", dest="load_epoch", type=int,
+                   help="load model.pth.tar-N (default: model-best.pth.tar)")
+    p.add_argument("--classnames", metavar="FILE", help="the classes to score, one name per line")
+    p.add_argument("--dataset-config-file", "--dataset_config", dest="dataset_config_file",
+                   help="score the classes of this dataset instead (configs/datasets/X.yaml)")
+    p.add_argument("--root", "--dataset_root", dest="root", default="",
+                   help="dataset root for --dataset-config-file (default: the run's DATASET.ROOT)")
+    p.add_argument("--topk", type=int, default=5, help="classes printed per image (default 5)")
+    p.add_argument("--csv", metavar="FILE", help="also write image,rank,class,probability rows")
+    p.add_argument("--config-file", "--trainer_config", dest="config_file", default="",
+                   help="trainer YAML, only for a run folder without config.yaml (with --trainer)")
+    p.add_argument("--trainer", default="", help="trainer name, only with --config-file")
+    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config overrides, e.g. MODEL.BACKBONE.PATH ViT-B-16.pt (put it last)")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------- config
+def run_config(args):
+    """The run's effective config (OUT/config.yaml), then the class source and --opts on top."""
+    if not os.path.isdir(args.model_dir):
+        raise PredictError(f'--model-dir "{args.model_dir}" is not a folder; pass the output folder '
+                           "of a training run (the one holding config.yaml and the checkpoint folder).")
+    cfg = trainers.build_cfg()
+    saved = os.path.join(args.model_dir, RUN_CONFIG)
+    if os.path.isfile(saved):
+        if args.config_file or args.trainer:
+            raise PredictError(f'"{args.model_dir}" has its {RUN_CONFIG}, which says how it was trained; '
+                               "--trainer and --config-file are only for folders without one: leave them out.")
+        cfg.merge_from_file(saved)
+    elif args.config_file and args.trainer:
+        if not os.path.isfile(args.config_file):
+            raise PredictError(f'--config-file "{args.config_file}" does not exist; trainer configs live under '
+                               "configs/trainers/<Trainer>/.")
+        cfg.merge_from_file(args.config_file)
+        cfg.TRAINER.NAME = args.trainer
+    else:
+        raise PredictError(
+            f'"{args.model_dir}" has no {RUN_CONFIG}, so its settings are unknown: it was trained by an '
+            "older version of this toolbox or by another code base. Pass the trainer and the config it "
+            "was trained with: --trainer NAME --config-file configs/trainers/NAME/X.yaml "
+            "(and --opts KEY VALUE ... for any overrides it had).")
+    if args.dataset_config_file:
+        if not os.path.isfile(args.dataset_config_file):
+            raise PredictError(f'--dataset-config-file "{args.dataset_config_file}" does not exist; '
+                               "dataset configs live under configs/datasets/.")
+        cfg.merge_from_file(args.dataset_config_file)
+    if args.root:
+        cfg.DATASET.ROOT = args.root
+    if len(args.opts) % 2:
+        raise PredictError(f"--opts takes KEY VALUE pairs; got an odd number of items: {' '.join(args.opts)}")
+    cfg.merge_from_list(args.opts)
+    if cfg.TRAINER.NAME not in TRAINER_REGISTRY.registered_names():
+        raise PredictError(f'the run names trainer "{cfg.TRAINER.NAME}", which this toolbox does not have; '
+                           f"available: {', '.join(sorted(TRAINER_REGISTRY.registered_names()))}.")
+    cfg.freeze()
+    return cfg
+
+
+def read_classnames(path):
+    """One class name per line; blank lines and lines starting with '#' are skipped."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            names = [line.strip() for line in handle]
+    except OSError as exc:
+        raise PredictError(f'cannot read --classnames "{path}" ({exc.strerror}).') from exc
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise PredictError(f'--classnames "{path}" holds no class names; write one name per line.')
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise PredictError(f'--classnames "{path}" repeats {", ".join(duplicates)}; list each class once.')
+    return names
+
+
+def dataset_classnames(cfg):
+    """The dataset's classes in label order (after DATASET.SUBSAMPLE_CLASSES)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.DATASET.NUM_SHOTS = -1  # the class list does not depend on the few-shot sample
+    return build_dataset(cfg).classnames
+
+
+# ---------------------------------------------------------------------------------- images
+def find_images(paths):
+    """Image files named directly, and those found in folders (recursively, sorted)."""
+    found = []
+    for path in paths:
+        if os.path.isfile(path):
+            found.append(path)
+        elif os.path.isdir(path):
+            for folder, dirs, files in os.walk(path):
+                dirs.sort()
+                found += [os.path.join(folder, f) for f in sorted(files)
+                          if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        else:
+            raise PredictError(f'"{path}" does not exist; pass image files or folders of images.')
+    if not found:
+        raise PredictError(f"no images found in {', '.join(paths)} "
+                           f"(looked for {', '.join(IMAGE_EXTENSIONS)}).")
+    return found
+
+
+def load_batch(paths, transform):
+    images = []
+    for path in paths:
+        try:
+            images.append(transform(read_image(path)))
+        except OSError as exc:
+            raise PredictError(f'cannot read image "{path}": not an image, or a damaged file '
+                               f"({exc.__cause__ or exc}).") from exc
+    return torch.stack(images)
+
+
+# ---------------------------------------------------------------------------------- model
+def build_predictor(cfg, classnames, model_dir, load_epoch):
+    """The run's trainer with its model built for ``classnames`` and the trained tensors loaded."""
+    trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg, classnames=classnames)
+    trainer.load_model(model_dir, epoch=load_epoch)
+    trainer.set_model_mode("eval")
+    return trainer
+
+
+@torch.no_grad()
+def predict(trainer, paths, transform, topk):
+    """[(path, [(class name, probability), ...])] with the top-k classes of each image."""
+    k = min(topk, len(trainer.classnames))
+    batch_size = trainer.cfg.DATALOADER.TEST.BATCH_SIZE
+    results = []
+    for start in range(0, len(paths), batch_size):
+        batch = paths[start:start + batch_size]
+        logits = trainer.model_inference(load_batch(batch, transform).to(trainer.device))
+        probs, labels = torch.softmax(logits.float(), dim=-1).topk(k, dim=-1)
+        for path, p_row, l_row in zip(batch, probs.tolist(), labels.tolist()):
+            results.append((path, [(trainer.classnames[l], p) for l, p in zip(l_row, p_row)]))
+    return results
+
+
+def to_csv(results):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "rank", "class", "probability"])
+    for path, top in results:
+        for rank, (name, prob) in enumerate(top, 1):
+            writer.writerow([path, rank, name, f"{prob:.6f}"])
+    return buffer.getvalue()
+
+
+def run(args):
+    if args.topk < 1:
+        raise PredictError(f"--topk is {args.topk}; it must be at least 1.")
+    if bool(args.classnames) == bool(args.dataset_config_file):
+        raise PredictError("say which classes to score: --classnames FILE (one name per line) or "
+                           "--dataset-config-file configs/datasets/X.yaml --root DATA (not both).")
+    cfg = run_config(args)
+    paths = find_images(args.images)
+    # The engine's progress lines would mix with the predictions: they go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        classnames = read_classnames(args.classnames) if args.classnames else dataset_classnames(cfg)
+        trainer = build_predictor(cfg, classnames, args.model_dir, args.load_epoch)
+        transform = build_transform(cfg, is_train=False)
+        print(f"Scoring {len(paths)} image(s) against {len(classnames)} classes")
+    results = predict(trainer, paths, transform, args.topk)
+    for path, top in results:
+        print(f"{path}: " + ", ".join(f"{name} {prob:.2%}" for name, prob in top))
+    if args.csv:
+        atomic_write_text(args.csv, to_csv(results))
+        print(f"Predictions written to {args.csv}", file=sys.stderr)
+    return results
+
+
+# Bad input found while building (unknown key, missing weights or checkpoint, ...): one line.
+USER_ERRORS = (PredictError, UserInputError, KeyError, ValueError, FileNotFoundError, TypeError,
+               AssertionError)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except USER_ERRORS as exc:
+        if os.environ.get("PREDICT_DEBUG"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"predict.py: error: {message}", file=sys.stderr)
+        print("(set PREDICT_DEBUG=1 for the full traceback)", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

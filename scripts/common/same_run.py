@@ -1,0 +1,47 @@
+"""Is the finished run in an output folder the run a script is about to skip? (stdlib only, fast)
+
+    python3 same_run.py RESULTS_JSON trainer=T seed=S config=C -- [KEY VALUE ...]
+
+The KEY VALUE pairs are the command's config overrides; DATASET.NUM_SHOTS, .SUBSAMPLE_CLASSES and
+.TAG among them are compared too (the last value given wins, as in yacs). Exit 0 when every
+recorded field agrees, 2 with one message naming the differences otherwise. A results.json
+without an identity (written by an older version) is accepted.
+"""
+import json
+import sys
+
+OVERRIDES = {"DATASET.NUM_SHOTS": ("num_shots", int), "DATASET.SUBSAMPLE_CLASSES": ("subsample", str),
+             "DATASET.TAG": ("tag", str), "SEED": ("seed", int)}
+
+
+def expected_identity(args):
+    split = args.index("--") if "--" in args else len(args)
+    fixed, pairs = args[:split], args[split + 1:]
+    expected = {}
+    for item in fixed:
+        key, value = item.split("=", 1)
+        expected[key] = int(value) if key == "seed" else value
+    for key, value in zip(pairs[::2], pairs[1::2]):
+        if key in OVERRIDES:
+            field, cast = OVERRIDES[key]
+            expected[field] = cast(value.strip("'\""))
+    return expected
+
+
+def main(argv):
+    path, args = argv[0], argv[1:]
+    with open(path) as f:
+        recorded = json.load(f).get("identity") or {}
+    expected = expected_identity(args)
+    differences = [f"{key}: {recorded[key]!r} there, {value!r} here" for key, value in expected.items()
+                   if recorded.get(key) is not None and recorded[key] != value]
+    if differences:
+        print(f"{path} records a run with other settings ({'; '.join(differences)}): it is not the "
+              "run this script would make, so it is neither skipped nor overwritten. Use another "
+              "OUTPUT, or delete that folder if its run is no longer needed.", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
