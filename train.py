@@ -150,6 +150,23 @@ def prepare(args):
     """Everything that depends only on the user's input: config, output folder, logger, trainer,
     weights. In a torchrun run only rank 0 locks the folder and writes; the others stay silent."""
     import dassl  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
+    from dassl.utils.distributed import init_distributed, is_main_process
+    from dassl.utils.run_lock import OutputLock
+
+    cfg = setup_cfg(args)
+    init_distributed(cfg.USE_CUDA)
+    lock = OutputLock(cfg.OUTPUT_DIR).acquire() if is_main_process() else None
+    try:
+        trainer = build_run(cfg, args)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    trainer.output_lock = lock
+    return trainer
+
+
+def build_run(cfg, args):
     import torch
     import warnings
 
@@ -158,24 +175,16 @@ def prepare(args):
     from dassl.engine.run_identity import check_identity, identity_from_output_folder, run_identity
     from dassl.utils import (atomic_write_text, collect_env_info, set_deterministic, set_random_seed,
                              setup_logger)
-    from dassl.utils.distributed import init_distributed, is_main_process
-    from dassl.utils.run_lock import OutputLock
+    from dassl.utils.distributed import is_main_process
 
-    cfg = setup_cfg(args)
-    init_distributed(cfg.USE_CUDA)
-    lock = None
+    folder = f'The output folder "{cfg.OUTPUT_DIR}"'
     if is_main_process():
-        lock = OutputLock(cfg.OUTPUT_DIR).acquire()
-        try:
-            # Before anything is written: the folder must not hold another run.
-            check_identity(identity_from_output_folder(cfg.OUTPUT_DIR), run_identity(cfg, args.config_file),
-                           f'The output folder "{cfg.OUTPUT_DIR}"', "use it for this run")
-            setup_logger(cfg.OUTPUT_DIR)  # before seeding, so the seed line is in log.txt
-            # The full effective config, machine-readable: predict.py and the tables read it.
-            atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
-        except BaseException:
-            lock.release()
-            raise
+        # Before anything is written: the folder must not hold another run.
+        check_identity(identity_from_output_folder(cfg.OUTPUT_DIR), run_identity(cfg, args.config_file),
+                       folder, "use it for this run")
+        setup_logger(cfg.OUTPUT_DIR)  # before seeding, so the seed line is in log.txt
+        # The full effective config, machine-readable: predict.py and the tables read it.
+        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
     else:  # other ranks print nothing but errors
         sys.stdout = open(os.devnull, "w")
         warnings.filterwarnings("ignore")
@@ -190,10 +199,8 @@ def prepare(args):
     print("Collecting env info ...")
     print(f"** System info **\n{collect_env_info()}\n")
     trainer = build_trainer(cfg)
-    trainer.output_lock = lock
     trainer.identity = run_identity(cfg, args.config_file, getattr(getattr(trainer, "dm", None), "dataset", None))
-    check_identity(identity_from_output_folder(cfg.OUTPUT_DIR), trainer.identity,
-                   f'The output folder "{cfg.OUTPUT_DIR}"', "use it for this run")
+    check_identity(identity_from_output_folder(cfg.OUTPUT_DIR), trainer.identity, folder, "use it for this run")
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
     return trainer

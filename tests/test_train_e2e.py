@@ -104,6 +104,7 @@ def test_bad_input_gives_one_clear_message(data_root, tiny_clip_path, tmp_path, 
 
     err = error_of(capsys, base_argv(data_root, tiny_clip_path, tmp_path) + ["--eval-only"])
     assert "model" in err.lower()  # a trained method needs --model-dir for --eval-only
+    assert not (tmp_path / "bad" / "run.lock").exists()  # a failed start releases the folder
 
 
 @pytest.mark.parametrize("trainer, config, name", [

@@ -6,7 +6,7 @@ sequences cut after the last EOT token, CoCoOp's per-image prompts in one batche
 text features computed once per evaluation. "off" is the straightforward implementation: CLIP's
 own blocks over all 77 tokens, one text pass per image, text features recomputed per test batch.
 
-Usage: python tools/benchmark.py [--trainers CoOp CoCoOp MuDPT] [--train-classes 50 1000]
+Usage: python tools/benchmark.py [--trainers CoOp CoCoOp MuDPT ...] [--train-classes 50 1000]
                                  [--eval-classes 100 1000] [--device cpu|cuda] [--tiny]
 Each figure is the median of --repeats timed runs after one warm-up; --memory adds the peak
 memory one training step needs beyond the weights (CUDA allocator peak, or peak RSS on Linux).
@@ -33,6 +33,11 @@ MODELS = {
     "CoOp": ("trainers.coop", "CoOpCLIP", ("COOP", {"N_CTX": 16})),
     "CoCoOp": ("trainers.cocoop", "CoCoOpCLIP", ("COCOOP", {"N_CTX": 4, "CTX_INIT": "a photo of a"})),
     "MuDPT": ("trainers.mudpt", "MuDPTCLIP", ("MUDPT", {})),
+    "KgCoOp": ("trainers.kgcoop", "KgCoOpCLIP", ("KGCOOP", {})),
+    "PromptSRC": ("trainers.promptsrc", "PromptSRCCLIP", ("PROMPTSRC", {})),
+    "MMA": ("trainers.mma", "MMACLIP", ("MMA", {})),
+    # no LoRA dropout: the "off" path merges LoRA into the weights, which cannot express it
+    "CLIPLoRA": ("trainers.cliplora", "CLIPLoRACLIP", ("CLIPLORA", {"DROPOUT_RATE": 0.0})),
 }
 WORDS = ["golden", "retriever", "sea", "lion", "air", "liner", "red", "maple", "tree", "sports", "car",
          "tabby", "cat", "garden", "spider", "steam", "engine", "paper", "towel", "bell", "pepper"]
@@ -158,7 +163,7 @@ def ratio(slow, fast):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trainers", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--trainers", nargs="+", default=["CoOp", "CoCoOp", "MuDPT"], choices=list(MODELS))
     p.add_argument("--train-classes", nargs="+", type=int, default=[50])
     p.add_argument("--eval-classes", nargs="+", type=int, default=[100])
     p.add_argument("--batch", type=int, default=4, help="training batch size")

@@ -595,6 +595,7 @@ class TrainerX(SimpleTrainer):
         done = self.batch_idx + 1
         self.save_model(self.epoch - 1, self.output_dir, model_name=LAST_CHECKPOINT,
                         extra={"batches_done": done, "epoch_rng_state": epoch_rng_state})
+        dist.barrier()  # no process exits (and gets the others stopped) before rank 0 has saved
         signum = self._stop.signum or signal.SIGTERM
         name = signal.Signals(signum).name
         raise TrainingInterrupted(signum, (
