@@ -358,6 +358,17 @@ def _image_folder(w, c, k):
     return split
 
 
+def _synthetic_shapes(w, c, k):
+    """The real generator, on the first ``c`` classes with ``k`` images each."""
+    from .synthetic.shapes import SPLIT_SIZES, benchmark_classes, write_benchmark
+
+    classes = benchmark_classes()
+    if c > len(classes):
+        raise ValueError(f"SyntheticShapes has {len(classes)} classes; asked for {c}")
+    parts = split_of_each_image(k)
+    return write_benchmark(w.dataset_dir, classes[:c], {part: parts.count(part) for part in SPLIT_SIZES})
+
+
 _WITH_SPLIT = {
     "caltech101": ("caltech-101", _caltech101),
     "oxford_pets": ("oxford_pets", _oxford_pets),
@@ -369,6 +380,7 @@ _WITH_SPLIT = {
     "dtd": ("dtd", _dtd),
     "eurosat": ("eurosat", _eurosat),
     "ucf101": ("ucf101", _ucf101),
+    "synthetic_shapes": ("synthetic_shapes", _synthetic_shapes),
     "image_folder": ("", _image_folder),
 }
 _FOLDER_ONLY = {

@@ -224,13 +224,13 @@ def _shown(columns, used, all_datasets):
 
 
 def _own_datasets(used):
-    """Own data (ImageFolder runs, named by DATASET.TAG): shown after the benchmarks, never
-    part of their averages."""
+    """Datasets outside the paper's (own data named by DATASET.TAG, the synthetic benchmark):
+    shown after the benchmarks, never part of their averages."""
     return sorted(d for d in used if d not in ALL_DATASETS)
 
 
 def _own_note(own):
-    return [f"- Own datasets ({', '.join(own)}) are shown but not in the averages."] if own else []
+    return [f"- Not benchmarks of the paper ({', '.join(own)}): shown, but not in the averages."] if own else []
 
 
 def few_shot_table(index, shots=16, paper=False, all_datasets=False):

@@ -1,6 +1,4 @@
 """tools/compare_runs.py on real runs (tiny CLIP, generated data) and on the original log format."""
-import importlib.util
-import os
 import re
 
 import pytest
@@ -8,11 +6,9 @@ import pytest
 import train
 from dassl.utils.logger import close_logger
 from datasets.fake import make_fake_dataset
+from tool_modules import load_tool
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("compare_runs", os.path.join(REPO, "tools", "compare_runs.py"))
-compare_runs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare_runs)
+compare_runs = load_tool("compare_runs")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """tools/make_fake_dataset.py and tools/check_datasets.py."""
-import importlib.util
 import os
 import shutil
 import time
@@ -9,15 +8,7 @@ import pytest
 import datasets  # noqa: F401  (registers every dataset class)
 from datasets.fake import FAKE_DATASET_NAMES, make_fake_dataset
 from datasets.verify import MISSING, OK, WARN, check_dataset
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_modules import load_tool
 
 
 def rows(report):

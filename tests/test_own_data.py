@@ -70,7 +70,7 @@ def test_two_own_datasets_run_apart_and_appear_in_the_tables(repo, capsys):
     # The stub's accuracy is 60 + seed, base and new alike: HM = that value.
     assert re.search(r"^\| my_birds \| 62\.00 / 62\.00 / 62\.00\b", out, re.M)
     assert re.search(r"^\| my_flowers \| 61\.00 / 61\.00 / 61\.00\b", out, re.M)
-    assert "Own datasets (my_birds, my_flowers) are shown but not in the averages." in out
+    assert "Not benchmarks of the paper (my_birds, my_flowers): shown, but not in the averages." in out
 
 
 def test_own_few_shot_runs_get_columns_after_the_benchmarks(repo, capsys):
