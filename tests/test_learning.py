@@ -1,6 +1,6 @@
 """Every trainer learns: a few steps on the synthetic benchmark with the pretrained mini-CLIP lower
-the training loss and lift the accuracy on the training shots above zero-shot CLIP's, without
-collapsing the held-out base accuracy.
+the training loss and lift base accuracy above zero-shot CLIP's, on the training shots and on the
+held-out base test images.
 
 The weights (assets/mini_clip.pt) were pretrained on the synthetic world; the benchmark's shifted
 domain leaves zero-shot CLIP room to improve. A method whose prompts stopped reaching the
@@ -50,7 +50,7 @@ class Entry:
 # One entry per trainer in TRAINER_REGISTRY (the training-free ones excepted): a trainer registered
 # without an entry fails test_every_trainer_has_a_learning_entry.
 LEARNING = {
-    "CoOp": Entry(epochs=8, lr=0.01, opts=["DATALOADER.TRAIN_X.BATCH_SIZE", "8"]),
+    "CoOp": Entry(epochs=12, lr=0.01, opts=["DATALOADER.TRAIN_X.BATCH_SIZE", "8"]),
     "CoCoOp": Entry(epochs=5, lr=0.02, opts=["DATASET.NUM_SHOTS", "2"]),
     "KgCoOp": Entry(epochs=8, lr=0.01, opts=["DATALOADER.TRAIN_X.BATCH_SIZE", "8"]),
     "MuDPT": Entry(),
@@ -62,7 +62,7 @@ LEARNING = {
     "DCP": Entry(opts=["TRAINER.DCP.N_CTX", "4", "TRAINER.DCP.CTX_INIT", "a photo of a"]),
     "DPT": Entry(lr=0.01, opts=["TRAINER.DPT.N_CTX", "4", "TRAINER.DPT.CTX_INIT", "a photo of a"]),
     "PromptSRC": Entry(lr=0.02),
-    "MMA": Entry(lr=0.02),
+    "MMA": Entry(epochs=2, lr=0.02),
     # N_ITERS 0: OPTIM.MAX_EPOCH ordinary epochs instead of the released 500 iterations per shot
     "CLIPLoRA": Entry(epochs=2, lr=0.005, opts=["TRAINER.CLIPLORA.N_ITERS", "0"]),
 }
@@ -143,10 +143,8 @@ def test_every_trainer_has_a_learning_entry():
 
 @pytest.mark.parametrize("name", sorted(LEARNING))
 def test_a_few_steps_lower_the_loss_and_beat_zero_shot(name, data_root, zero_shot_clip, tmp_path):
-    """On the training shots: the loss falls and the accuracy ends above zero-shot CLIP's on the same
-    images. On the held-out base test images: no collapse (zero-shot minus at most 5 points).
-    (A few steps of text-only prompts move few held-out predictions; the README's 3-seed figures
-    measure the held-out gains of the demo's schedules.)"""
+    """On the training shots the loss falls and the accuracy ends above zero-shot CLIP's on the same
+    images; on the held-out base test images the accuracy ends above zero-shot CLIP's too."""
     if name not in TRAINER_REGISTRY.registered_names():
         pytest.fail(f"{name} has an entry in LEARNING but is not registered")
     entry = LEARNING[name]
@@ -169,4 +167,4 @@ def test_a_few_steps_lower_the_loss_and_beat_zero_shot(name, data_root, zero_sho
     assert loss_after < loss_before, f"{name}: training loss {loss_before:.3f} -> {loss_after:.3f}"
     assert accuracy_after > zs_accuracy, (f"{name}: accuracy on the training shots {accuracy_after:.1f}% <= "
                                           f"zero-shot {zs_accuracy:.1f}%")
-    assert held_out >= zs_held_out - 5, f"{name}: base test accuracy {held_out:.1f}% vs zero-shot {zs_held_out:.1f}%"
+    assert held_out > zs_held_out, f"{name}: base test accuracy {held_out:.1f}% <= zero-shot {zs_held_out:.1f}%"
