@@ -101,6 +101,9 @@ def test_the_benchmark_is_generated_on_first_use_in_the_standard_layout(tmp_path
     monkeypatch.setattr(shapes, "SPLIT_SIZES", {"train": 3, "val": 1, "test": 2})
     dataset = DATASET_REGISTRY.get("SyntheticShapes")(make_cfg(tmp_path, "base", shots=2))
     folder = tmp_path / "synthetic_shapes"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # an ordinary folder, not a private temp one
     assert sorted(os.listdir(folder)) == ["classnames.txt", "generator.json", "images", "split_fewshot",
                                           "split_zhou_SyntheticShapes.json"]
     classes = (folder / "classnames.txt").read_text().splitlines()

@@ -9,7 +9,8 @@ the layout of the CoOp datasets::
     synthetic_shapes/generator.json                      what drew the images (checked on load)
 
 The images come from the benchmark domain (every colour washed out 80% of the way to its
-grey), not the full colours of pretraining, so zero-shot CLIP is imperfect and prompt tuning has something to fix. Labels 0-31 (the base half under
+grey), not the full colours of pretraining, so zero-shot CLIP is imperfect and prompt tuning
+has something to fix. Labels 0-31 (the base half under
 ``DATASET.SUBSAMPLE_CLASSES base``) are the colour-shape pairs of one colour of a
 checkerboard over colours x shapes, labels 32-63 (new) the other: every colour and shape
 occurs in both halves, so the new classes are new combinations of seen words.
@@ -17,13 +18,14 @@ Every image is drawn from its own seed (class, split, index): the same files eve
 """
 import json
 import os
+import secrets
 import shutil
-import tempfile
 
 import numpy as np
 
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.data.datasets.base_dataset import Datum
+from dassl.utils import atomic_write_text, read_json, write_json
 
 from ..benchmark import BenchmarkDataset, DatasetNotFoundError, dataset_root
 from . import world
@@ -68,12 +70,10 @@ def write_benchmark(dataset_dir, classes=None, sizes=None):
                 scene = world.render(image_rng(name, part, index), colour, shape, world.BENCHMARK)
                 world.to_pil(scene).save(os.path.join(dataset_dir, "images", relpath), quality=JPEG_QUALITY)
                 split[part].append([relpath, label, name])
-    with open(os.path.join(dataset_dir, SPLIT_FILE), "w") as f:
-        json.dump(split, f, indent=4)
-    with open(os.path.join(dataset_dir, "classnames.txt"), "w") as f:
-        f.write("".join(name + "\n" for name in classes))
-    with open(os.path.join(dataset_dir, "generator.json"), "w") as f:
-        json.dump(dict(GENERATOR, classes=len(classes), images_per_class=sizes), f, indent=4)
+    write_json(split, os.path.join(dataset_dir, SPLIT_FILE))
+    atomic_write_text(os.path.join(dataset_dir, "classnames.txt"), "".join(name + "\n" for name in classes))
+    generator = dict(GENERATOR, classes=len(classes), images_per_class=sizes)
+    write_json(generator, os.path.join(dataset_dir, "generator.json"))
     return split
 
 
@@ -86,7 +86,8 @@ def generate(dataset_dir, classes=None, sizes=None):
     parent = os.path.dirname(os.path.abspath(dataset_dir))
     os.makedirs(parent, exist_ok=True)
     print(f"Generating the synthetic benchmark in {dataset_dir} (first use; takes seconds)")
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dataset_dir)}-", dir=parent)
+    tmp = os.path.join(parent, f".{os.path.basename(dataset_dir)}.{secrets.token_hex(6)}.tmp")
+    os.mkdir(tmp)  # mode 0777 minus the umask, as any folder (tempfile.mkdtemp's would be private)
     try:
         write_benchmark(tmp, classes, sizes)
         try:
@@ -102,8 +103,7 @@ def check_generator(dataset_dir):
     """Refuse a folder drawn by another generator version: its images differ from this code's."""
     path = os.path.join(dataset_dir, "generator.json")
     try:
-        with open(path) as f:
-            found = json.load(f)
+        found = read_json(path)
     except (OSError, json.JSONDecodeError):
         found = None
     expected = {key: GENERATOR[key] for key in ("version", "domain", "seed")}
