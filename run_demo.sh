@@ -54,6 +54,7 @@ done
 echo
 $PY parse_test_res.py --tables "$OUTPUT" --table base2new
 echo
-[ "${FULL:-0}" = 1 ] || echo "Demo settings (FULL=1 runs the configs' own): 16 shots, no random crops; CoOp 20 epochs at LR 0.005
-(config: 200 at 0.002), CoCoOp 2 epochs at LR 0.005 (10 at 0.002), MuDPT 3 of 10 epochs; the first epoch is warm-up."
+[ "${FULL:-0}" = 1 ] || echo "Demo settings (FULL=1 runs the configs' own): 16 shots, no random crops;
+CoOp 20 epochs at LR 0.005 (config: 200 at 0.002), CoCoOp 2 epochs at LR 0.005 (10 at 0.002),
+MuDPT 3 of 10 epochs; the first epoch is warm-up."
 echo "Runs and logs are under $OUTPUT/base2new/."

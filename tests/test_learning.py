@@ -24,10 +24,10 @@ from dassl.utils import read_image
 from dassl.utils.logger import close_logger
 from datasets.synthetic import shapes
 from method_configs import base2new_config, project_trainers, script_folders
+from train_runs import train_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINI_CLIP = os.path.join(REPO, "assets", "mini_clip.pt")
-ZSCLIP_CONFIG = os.path.join(REPO, "configs/trainers/ZeroshotCLIP/vit_b16.yaml")
 TRAINING_FREE = {"ZeroshotCLIP", "ZeroshotCLIP2"}
 # A small copy of the benchmark: the same images as the first ones of each split of the full one.
 SIZES = {"train": 4, "val": 1, "test": 4}
@@ -76,10 +76,10 @@ def data_root(tmp_path_factory):
 
 
 def prepare(data_root, out, trainer, config, opts, eval_only=False):
-    argv = ["--root", data_root, "--seed", "1", "--trainer", trainer,
-            "--dataset-config-file", os.path.join(REPO, "configs/datasets/synthetic_shapes.yaml"),
-            "--config-file", config, "--output-dir", str(out), *(["--eval-only"] if eval_only else []),
-            "MODEL.BACKBONE.PATH", MINI_CLIP, *COMMON, *opts]
+    """train.py's run of ``trainer`` with ``config`` (a name in configs/trainers/<trainer>/), built and
+    ready to train: (trainer, args)."""
+    argv = train_argv(data_root, MINI_CLIP, out, trainer, config, dataset="synthetic_shapes",
+                      flags=["--eval-only"] if eval_only else [], opts=[*COMMON, *opts])
     args = train.parse_args(argv)
     return train.prepare(args), args
 
@@ -92,7 +92,7 @@ def zero_shot_clip(data_root, tmp_path_factory):
 
 def zero_shot(data_root, out, half):
     """A ZeroshotCLIP trainer on one half of the benchmark in ``data_root``, and its test accuracy (%)."""
-    trainer, _ = prepare(data_root, out, "ZeroshotCLIP", ZSCLIP_CONFIG, ["DATASET.SUBSAMPLE_CLASSES", half],
+    trainer, _ = prepare(data_root, out, "ZeroshotCLIP", "vit_b16", ["DATASET.SUBSAMPLE_CLASSES", half],
                          eval_only=True)
     try:
         return trainer, trainer.test()
@@ -151,7 +151,7 @@ def test_a_few_steps_lower_the_loss_and_beat_zero_shot(name, data_root, zero_sho
     opts = ["OPTIM.MAX_EPOCH", str(entry.epochs), *entry.opts]
     if entry.lr is not None:
         opts += ["OPTIM.LR", str(entry.lr)]
-    config = base2new_config(script_folders()[name], "synthetic_shapes")
+    config = os.path.splitext(os.path.basename(base2new_config(script_folders()[name], "synthetic_shapes")))[0]
     trainer, args = prepare(data_root, tmp_path / name, name, config, opts)
     try:
         shots = trainer.dm.dataset.train_x
