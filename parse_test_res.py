@@ -134,7 +134,11 @@ def run_tables(args):
         printed.append(table)
     if printed:
         from results.provenance import provenance_markdown
-        print(provenance_markdown(select_seeds(runs, args.seeds)))
+        from results.run_facts import RunFactsError
+        try:
+            print(provenance_markdown(select_seeds(runs, args.seeds)))
+        except RunFactsError as error:
+            fail(str(error))
     if args.csv and printed:
         atomic_write_text(args.csv, to_csv(printed))
     if args.latex and printed:

@@ -201,9 +201,21 @@ def build_run(cfg, args):
     trainer = build_trainer(cfg)
     trainer.identity = run_identity(cfg, args.config_file, getattr(getattr(trainer, "dm", None), "dataset", None))
     check_identity(identity_from_output_folder(cfg.OUTPUT_DIR), trainer.identity, folder, "use it for this run")
+    if is_main_process():
+        # again: the trainer may have taken the image preprocessing from the backbone
+        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+        write_facts(trainer, cfg.OUTPUT_DIR)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
     return trainer
+
+
+def write_facts(trainer, folder):
+    """run_facts.json beside config.yaml: what the run is, as data, for the tables and comparisons.
+    A trainer written for the original engine alone (no ``run_facts``) has only its log lines."""
+    from results.run_facts import write_run_facts
+    if hasattr(trainer, "run_facts"):
+        write_run_facts(folder, trainer.run_facts())
 
 
 def run(trainer, args):

@@ -1,7 +1,8 @@
 """Compare two runs from their log.txt: what differs, in the order a run goes, and where they part.
 
 The sections follow a run's timeline: config, dataset summary, few-shot sample, transforms,
-model (parameter count, precision, CLIP architecture, context length), LR per epoch, loss per
+model (parameter count, precision, CLIP architecture, context length and prompt text: from the
+run's run_facts.json, or the lines an older run printed), LR per epoch, loss per
 printed iteration, final result. Values are compared as printed (the LR
 to 4 significant decimals, the loss to 4 decimals, as Dassl prints them), so a run of this
 engine compares with one of the original engine, in either epoch-line format.
@@ -9,7 +10,7 @@ engine compares with one of the original engine, in either epoch-line format.
 from dataclasses import dataclass, field
 from typing import Optional
 
-from results.logparse import FACT_LABELS
+from results.logparse import FACT_LABELS, FACTS_FILE
 
 # Where a run lives, not what it does: differences are expected and not counted.
 PATH_KEYS = ("OUTPUT_DIR", "DATASET.ROOT", "MODEL.BACKBONE.PATH", "RESUME")
@@ -115,18 +116,24 @@ def compare_transforms(a, b):
     return section
 
 
+def _fact_text(key, value):
+    return f"{value:,}" if key == "trainable_params" else value  # as the log prints it
+
+
 def compare_model(a, b):
-    """The lines printed while building the model (parameter count, precision, CLIP, context length)."""
-    section = _missing("Model", a.facts, b.facts, "none of the model lines")
+    """The model's facts (parameter count, precision, CLIP, context length, prompt text)."""
+    section = _missing("Model", a.facts, b.facts, f"no {FACTS_FILE} and none of the model lines")
     if section:
         return section
     section = Section("Model")
     for key, label in FACT_LABELS.items():
         va, vb = a.facts.get(key), b.facts.get(key)
         if va is not None and vb is not None and va != vb:
-            section.differences.append(f"{label}: {_pair(va, vb)}")
+            section.differences.append(f"{label}: {_pair(_fact_text(key, va), _fact_text(key, vb))}")
         elif (va is None) != (vb is None):
-            section.notes.append(f"'{label}' is printed in {'A' if vb is None else 'B'}'s log only; not compared")
+            section.notes.append(f"'{label}' is known for {'A' if vb is None else 'B'} only; not compared")
+    if a.facts_source != b.facts_source:
+        section.notes.append(f"facts of A from its {a.facts_source}, of B from its {b.facts_source}")
     if section.differences:
         section.first = f"model, {section.differences[0]}"
     return section

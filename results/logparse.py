@@ -6,13 +6,18 @@ eval-only runs) has been seen, because training runs that validate during
 training print ``=> result`` blocks that are not the final test. The last match wins.
 
 The whole log (``read_run_log``): arguments, config dump, dataset summary, few-shot sample,
-transforms, training lines and the facts printed once (precision, CLIP architecture, ...),
-for comparing two runs and for the provenance of a table row.
+transforms, training lines and the run's facts (precision, CLIP architecture, ...), for
+comparing two runs and for the provenance of a table row. The facts come from the
+``run_facts.json`` beside the log; only a run without one (older, or of the original engine)
+has them read from the lines printed once while the model is built.
 """
 import ast
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Optional
+
+from results.run_facts import RUN_FACTS_NAME, read_run_facts
 
 # Dassl >= 0.6.1 prints "Finish training"; older Dassl and many forks print "Finished training".
 TRAIN_END_SIGNALS = ("Finish training", "Finished training")
@@ -70,13 +75,16 @@ def log_is_eval_only(path):
 
 
 # ------------------------------------------------------------------------ the whole log
-# Lines "<label>: <value>" printed once per run; the first occurrence counts.
+# The facts a RunLog holds (keys as in run_facts.json), with the label of the line
+# "<label>: <value>" that older runs print once (the first occurrence counts).
 FACT_LABELS = {
-    "params": "# trainable params",
+    "trainable_params": "# trainable params",
     "precision": "Precision",
     "architecture": "CLIP architecture",
     "n_ctx": "Number of context words (tokens)",
+    "prompt_text": "Initial context",
 }
+FACTS_FILE, FACTS_LINES = RUN_FACTS_NAME, "log lines"  # where a RunLog's facts came from
 FEWSHOT_PREFIX = "Few-shot sample:"
 _ARGUMENTS_BANNER = "** Arguments **"
 _CONFIG_BANNER = "** Config **"
@@ -108,7 +116,8 @@ class RunLog:
     fewshot: Optional[str] = None                   # the "Few-shot sample: ..." line
     transforms: dict = field(default_factory=dict)  # {"train": ["+ random flip", ...], "test": [...]}
     iterations: list = field(default_factory=list)  # Iteration, in log order
-    facts: dict = field(default_factory=dict)       # FACT_LABELS key -> printed value
+    facts: dict = field(default_factory=dict)       # FACT_LABELS key -> value (int or str); absent: unknown
+    facts_source: str = FACTS_LINES                 # FACTS_FILE or FACTS_LINES
     accuracy: Optional[float] = None                # the final result
 
     @property
@@ -205,13 +214,39 @@ def parse_iteration(line):
     return Iteration(epoch, max_epoch, batch, num_batches, meters, lr)
 
 
+def _count(text):
+    """A printed count ("1,202,176") as an int."""
+    return int(text.replace(",", "")) if re.fullmatch(r"[\d,]+", text) else None
+
+
+def _leading_int(text):
+    """The number a line starts with: DCP prints "2; refined blocks 1..9; ..." after the label."""
+    match = re.match(r"\d+", text)
+    return int(match.group()) if match else None
+
+
+def _unquoted(text):
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+
+
+FACT_PARSERS = {"trainable_params": _count, "n_ctx": _leading_int, "prompt_text": _unquoted}
+
+
 def parse_facts(lines):
+    """The facts printed while building the model (runs without run_facts.json)."""
     facts = {}
     for line in lines:
         for key, label in FACT_LABELS.items():
             if key not in facts and line.startswith(label + ": "):
-                facts[key] = line[len(label) + 2:].strip()
+                value = FACT_PARSERS.get(key, str)(line[len(label) + 2:].strip())
+                if value is not None:
+                    facts[key] = value
     return facts
+
+
+def recorded_facts(run_facts):
+    """The FACT_LABELS facts of a run_facts.json (null values: not known)."""
+    return {key: run_facts[key] for key in FACT_LABELS if run_facts.get(key) is not None}
 
 
 def read_run_log(path):
@@ -219,8 +254,12 @@ def read_run_log(path):
     with open(path, "r", encoding="utf-8", errors="replace") as handle:
         lines = [line.rstrip("\n").rstrip("\r") for line in handle]
     log = RunLog(path=path, arguments=parse_arguments(lines), config=parse_config_dump(lines),
-                 dataset=parse_dataset_summary(lines), transforms=parse_transforms(lines),
-                 facts=parse_facts(lines))
+                 dataset=parse_dataset_summary(lines), transforms=parse_transforms(lines))
+    run_facts = read_run_facts(os.path.dirname(os.path.abspath(path)))
+    if run_facts is None:  # an older run: only its printed lines tell
+        log.facts = parse_facts(lines)
+    else:
+        log.facts, log.facts_source = recorded_facts(run_facts), FACTS_FILE
     log.fewshot = next((l for l in lines if l.startswith(FEWSHOT_PREFIX)), None)
     log.iterations = [it for it in map(parse_iteration, lines) if it is not None]
     log.accuracy = metric_from_lines(lines, "accuracy", TRAIN_END_SIGNALS)

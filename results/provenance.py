@@ -1,9 +1,10 @@
-"""Which settings produced each row: the effective settings of its runs, read from their logs.
+"""Which settings produced each row: the effective settings of its runs, read from their folders.
 
 Per run: the config file and the overrides given on the command line (the ``opts`` of the
 arguments block), the method's own config keys (CoOp's context length as it ran when CTX_INIT
 sets it), the precision that ran, the architecture of the loaded CLIP weights and the number of
-trainable parameters. So a MuDPT row shows at a glance whether it is the paper's design or a
+trainable parameters (these from the run's run_facts.json; for an older run without one, from
+the lines its log printed). So a MuDPT row shows at a glance whether it is the paper's design or a
 released variant, and a run trained with other settings (``OPTIM.MAX_EPOCH 1``) shows as such.
 
 One row per trainer, config folder and distinct settings, with its number of runs. The
@@ -28,15 +29,20 @@ def method_settings(log, trainer):
 
 
 def read_method_settings(log_path, trainer):
-    """(method settings, trainable-parameter count as printed, or None) of one log.txt."""
+    """(method settings, trainable-parameter count as the table shows it, or None) of one log.txt."""
     log = read_run_log(log_path)
-    return method_settings(log, trainer), log.facts.get("params")
+    params = log.facts.get("trainable_params")
+    return method_settings(log, trainer), None if params is None else params_text(params)
+
+
+def params_text(count):
+    return f"{count:,}"  # as the log prints it: 1,202,176
 
 
 def settings_text(settings, n_ctx=None):
     parts = []
     for key, value in settings.items():
-        if key == "N_CTX" and n_ctx is not None and n_ctx != value:
+        if key == "N_CTX" and n_ctx is not None and str(n_ctx) != value:
             value = f"{n_ctx} (set by CTX_INIT; N_CTX {value})"  # CoOp's rule: the phrase's length
         parts.append(f"{key} {value}")
     return ", ".join(parts) or MISSING
@@ -52,11 +58,12 @@ def run_provenance(log, trainer, config):
     """The row cells of one run, in PROVENANCE_HEADER order from "Config file" on."""
     settings = method_settings(log, trainer)
     overrides = [f"{k} {v}" for k, v in log.opts if k not in NOT_SETTINGS]
+    params = log.facts.get("trainable_params")
     return (log.arguments.get("config_file") or config,
             " ".join(overrides) or MISSING,
             precision_text(log, settings),
             log.facts.get("architecture", UNKNOWN),
-            log.facts.get("params") or MISSING,
+            MISSING if params is None else params_text(params),
             settings_text(settings, log.facts.get("n_ctx")))
 
 

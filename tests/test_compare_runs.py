@@ -1,5 +1,7 @@
 """tools/compare_runs.py on real runs (tiny CLIP, generated data) and on the original log format."""
+import json
 import re
+import shutil
 
 import pytest
 
@@ -77,10 +79,32 @@ def test_the_original_engines_log_format_compares_too(runs, tmp_path, capsys):
     assert "\tlr " in old.read_text() and "epoch [1/2] batch" not in old.read_text()
     code, out = compare(capsys, str(old), runs["b"])
     assert code == 0, out.out
+    assert "  (facts of A from its log lines, of B from its run_facts.json)" in out.out
     changed = tmp_path / "changed.txt"
     changed.write_text(to_original_format(text).replace("lr 2.000000e-03", "lr 2.500000e-03"))
     code, out = compare(capsys, str(changed), runs["b"])
     assert code == 1 and "  epoch 2: 2.5000e-03 | 2.0000e-03" in out.out
+
+
+def test_model_facts_come_from_run_facts_json(runs, tmp_path, capsys):
+    """The Model section compares the runs' run_facts.json; the log lines only for a run without one."""
+    edited = shutil.copytree(runs["b"], tmp_path / "b")
+    facts = json.loads((edited / "run_facts.json").read_text())
+    assert (facts["trainable_params"], facts["n_ctx"], facts["prompt_text"]) == (256, 4, "a photo of a")
+    facts.update(precision="amp", trainable_params=1234567, prompt_text="a good photo of a")
+    (edited / "run_facts.json").write_text(json.dumps(facts))
+    code, out = compare(capsys, runs["a"], str(edited))
+    lines = out.out.splitlines()
+    assert code == 1
+    model = lines[lines.index("Model: differs") + 1:lines.index("Model: differs") + 4]
+    assert model == ["  # trainable params: 256 | 1,234,567", "  Precision: fp32 | amp",
+                     '  Initial context: a photo of a | a good photo of a']
+    assert "First divergence: model, # trainable params: 256 | 1,234,567." in out.out
+
+    (edited / "run_facts.json").unlink()  # an older run: its printed lines, as they were
+    code, out = compare(capsys, runs["a"], str(edited))
+    assert "Model: same" in out.out.splitlines()
+    assert "  (facts of A from its run_facts.json, of B from its log lines)" in out.out
 
 
 def test_bad_input(tmp_path, runs, capsys):
@@ -94,3 +118,7 @@ def test_bad_input(tmp_path, runs, capsys):
     notes.write_text("hello\n")
     code, out = compare(capsys, runs["a"], str(notes))
     assert code == 2 and "is not the log of a run" in out.err
+    broken = shutil.copytree(runs["b"], tmp_path / "broken")
+    (broken / "run_facts.json").write_text("[]")
+    code, out = compare(capsys, runs["a"], str(broken))
+    assert code == 2 and "is not a run_facts.json of this toolbox" in out.err and "Delete it" in out.err

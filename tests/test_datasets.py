@@ -14,6 +14,7 @@ from dassl.data.datasets import DATASET_REGISTRY, Datum, build_dataset
 from datasets.benchmark import DatasetNotFoundError
 from datasets.eurosat import CLASSNAMES_BY_FOLDER
 from datasets.fake import FAKE_DATASET_NAMES, make_fake_dataset
+from datasets.templates import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE, USES_DEFAULT_TEMPLATE, dataset_template
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 5  # odd, so the base half (3) and the new half (2) differ in size
@@ -69,6 +70,30 @@ def test_every_config_names_a_registered_dataset():
     for stem in stems:
         assert registry_name(stem) in names
     assert len({registry_name(s) for s in stems}) == 17
+
+
+def test_every_registered_dataset_has_a_template_or_uses_the_default_on_purpose():
+    ours = {name for name in DATASET_REGISTRY.registered_names()
+            if DATASET_REGISTRY.get(name).__module__.startswith("datasets.")}  # not the tests' toy datasets
+    assert len(ours) == 17
+    undecided = sorted(ours - set(CUSTOM_TEMPLATES) - set(USES_DEFAULT_TEMPLATE))
+    assert not undecided, f"give {undecided} a template in datasets/templates.py, or list them in USES_DEFAULT_TEMPLATE"
+    assert set(CUSTOM_TEMPLATES) | set(USES_DEFAULT_TEMPLATE) == ours  # no entry names a dataset that is not there
+    assert not set(CUSTOM_TEMPLATES) & set(USES_DEFAULT_TEMPLATE)
+    assert all(template.count("{}") == 1 for template in CUSTOM_TEMPLATES.values())
+    assert dataset_template("EuroSAT") == "a centered satellite photo of {}."
+    assert dataset_template("DescribableTextures") == "{} texture."  # CoOp's; KgCoOp keeps its own DTD prompt
+    assert dataset_template("SyntheticShapes") == dataset_template("MyOwnData") == DEFAULT_TEMPLATE
+    assert DEFAULT_TEMPLATE == "a photo of a {}."
+
+
+def test_coop_template_names_still_import_from_zsclip():
+    """CoOp's zsclip.py defines CUSTOM_TEMPLATES, and code written for CoOp imports it from there."""
+    from trainers.zsclip import CUSTOM_TEMPLATES as from_zsclip
+    from trainers.zsclip import DEFAULT_TEMPLATE as default_from_zsclip
+    from trainers.zsclip import ENSEMBLE_TEMPLATES
+    assert from_zsclip is CUSTOM_TEMPLATES and default_from_zsclip == DEFAULT_TEMPLATE
+    assert len(ENSEMBLE_TEMPLATES) == 7 and "itap of a {}." in ENSEMBLE_TEMPLATES
 
 
 @pytest.mark.parametrize("name", SPLIT_DATASETS + ["imagenet"])

@@ -104,6 +104,9 @@ def test_two_processes_train_and_evaluate_like_one(runs, trainer):
     assert total == ["* total: 15\n"]  # 5 classes x 3 test images, split 8 + 7 over the ranks
     assert accuracy_lines(double) == accuracy_lines(single) and len(accuracy_lines(double)) == 1
     assert sorted(p.name for p in double.iterdir() if p.name.startswith("log")) == ["log.txt"]
+    facts = [json.loads((folder / "run_facts.json").read_text()) for folder in (single, double)]
+    assert facts[0] == facts[1] and facts[0]["trainer"] == trainer  # rank 0 wrote the same facts
+    assert not [p.name for p in double.iterdir() if p.name.startswith(".run_facts")]  # no temp file left
     losses = [[line.split(" loss ")[1].split()[0] for line in open(folder / "log.txt") if line.startswith("epoch [")]
               for folder in (single, double)]
     assert losses[0] == losses[1] and len(losses[0]) == 4  # the printed loss is the whole batch's

@@ -42,7 +42,7 @@ def test_fast_paths_give_the_reference_logits(tiny_clip_model, module, cls):
         set_fast_paths(model, True)
         assert fast.shape == (3, len(CLASSNAMES))
         assert (fast - reference).abs().max() < 1e-5
-        if not model.text_depends_on_image:  # evaluation computes text features once, then reuses them
-            cached = model.text_features()
-            assert torch.equal(model(images, text_features=cached).argmax(1), fast.argmax(1))
-            assert (model(images, text_features=cached) - fast).abs().max() < 1e-5
+        if not model.text_depends_on_image:  # evaluation computes the text state once, then reuses it
+            cached = model.text_state()
+            assert torch.equal(model(images, text_state=cached).argmax(1), fast.argmax(1))
+            assert (model(images, text_state=cached) - fast).abs().max() < 1e-5

@@ -54,12 +54,18 @@ def test_mudpt_trains_on_base_and_tests_on_new(data_root, tiny_clip_path, tmp_pa
     ckpt = torch.load(out / "MultimodalDeepPromptTuning" / "model.pth.tar-1", weights_only=True)
     assert "text_ctx" in ckpt["state_dict"] and "inj_t2v.proj.weight" in ckpt["state_dict"]
     assert not any("token_" in k or "transformer" in k.split(".")[0] for k in ckpt["state_dict"])
+    facts = json.loads((out / "run_facts.json").read_text())  # what the run is, as data
+    assert facts["trainable_params"] == sum(v.numel() for v in ckpt["state_dict"].values())
+    assert f"# trainable params: {facts['trainable_params']:,}" in log
+    assert facts["trainable_names"] == sorted(ckpt["state_dict"])
+    assert (facts["trainer"], facts["n_ctx"], facts["prompt_text"], facts["seed"]) == ("MuDPT", 4, "a photo of a", 1)
 
     new_log = run_train(data_root, tiny_clip_path, tmp_path / "new", "MuDPT", config,
                         flags=("--eval-only", "--model-dir", str(out), "--load-epoch", "1"),
                         opts=("DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "new"))
     assert "SUBSAMPLE NEW CLASSES!" in new_log and "* accuracy:" in new_log
     assert json.loads((tmp_path / "new" / "results.json").read_text())["split"] == "test"
+    assert json.loads((tmp_path / "new" / "run_facts.json").read_text()) == facts  # eval-only: the same model
 
 
 def test_cocoop_trains_one_epoch(data_root, tiny_clip_path, tmp_path):
@@ -72,6 +78,9 @@ def test_cocoop_trains_one_epoch(data_root, tiny_clip_path, tmp_path):
 def test_zero_shot_runs_eval_only_without_a_model(data_root, tiny_clip_path, tmp_path, trainer):
     log = run_train(data_root, tiny_clip_path, tmp_path / "zs", trainer, "vit_b16", flags=("--eval-only",))
     assert "Prompts: ['a photo of a " in log and "* accuracy:" in log
+    facts = json.loads((tmp_path / "zs" / "run_facts.json").read_text())
+    assert (facts["trainer"], facts["trainable_params"], facts["trainable_names"]) == (trainer, 0, [])
+    assert facts["n_ctx"] is None and facts["prompt_text"] is None  # hand-crafted prompts: no learned context
 
 
 def base_argv(data_root, clip_path, tmp_path, trainer="CoOp", dataset="caltech101"):

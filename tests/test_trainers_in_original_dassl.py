@@ -1,5 +1,7 @@
 """Trainer files also run inside an original Dassl.pytorch + CoOp checkout.
 
+They travel with their companions: the backbones/ package (every method reaches CLIP through
+it) and datasets/templates.py (the datasets' prompt templates, dropped into CoOp's datasets/).
 They may import from ``dassl`` only names the original package exports, and read keys this
 project adds to the config with a fallback. Checked twice: statically, every import in every
 file of trainers/ (function-level ones included); and by importing every module of trainers/
@@ -58,7 +60,16 @@ def project_packages():
             names.add(entry[:-3])
         elif os.path.isfile(os.path.join(path, "__init__.py")):
             names.add(entry)
-    return names - {"trainers", "dassl", "conftest", "setup"}
+    return names - {"trainers", "dassl", "conftest", "setup"} - set(COMPANIONS)
+
+
+# What a CoOp checkout needs beside trainers/: these packages, or (a list) these modules of one.
+COMPANIONS = {"backbones": None, "datasets": ["datasets.templates"]}
+
+
+def is_companion(target):
+    top = target.split(".")[0]
+    return top in COMPANIONS and (COMPANIONS[top] is None or target in COMPANIONS[top])
 
 
 def test_trainer_files_import_only_what_the_original_exports_and_read_project_keys_with_a_fallback():
@@ -84,7 +95,7 @@ def test_trainer_files_import_only_what_the_original_exports_and_read_project_ke
                 continue
             for target in ([module] if module else names):
                 top = target.split(".")[0]
-                if top in local:
+                if top in local or (top in COMPANIONS and not is_companion(target)):
                     problems.append(f"{where}:{node.lineno} imports {target}, which a CoOp checkout does not have")
             if module and module.split(".")[0] == "dassl":
                 if node in optional:
@@ -116,8 +127,11 @@ def optional_imports(tree):
 
 
 STAND_IN = r"""
-import importlib, json, pkgutil, sys, types
+import importlib, json, os, pkgutil, sys, types
 sys.path.insert(0, sys.argv[1])
+checkout_datasets = types.ModuleType("datasets")  # CoOp's own datasets/ package, with templates.py added
+checkout_datasets.__path__ = [os.path.join(sys.argv[1], "datasets")]
+sys.modules["datasets"] = checkout_datasets
 exports, project_keys = json.loads(sys.argv[2]), json.loads(sys.argv[3])
 import dassl  # noqa: the environment: on CPU-only torch this makes torchvision importable, as a working install is
 from dassl.config import get_cfg_default

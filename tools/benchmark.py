@@ -91,15 +91,15 @@ def train_step_fn(model, batch, device):
 
 
 def eval_pass_fn(model, fast, batches, batch, device):
-    """One evaluation pass over ``batches`` test batches; text features cached when fast."""
+    """One evaluation pass over ``batches`` test batches; the text state computed once when fast."""
     images = torch.randn(batch, 3, 224, 224, device=device)
     model.eval()
 
     @torch.no_grad()
     def run():
-        cached = model.text_features() if fast and not model.text_depends_on_image else None
+        cached = model.text_state() if fast and not model.text_depends_on_image else None
         for _ in range(batches):
-            model(images, text_features=cached)
+            model(images, text_state=cached)
     return run
 
 

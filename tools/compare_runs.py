@@ -4,8 +4,9 @@
 
 Each run is a log.txt or the output folder holding it, from this toolbox or from the original
 Dassl engine (CoOp, CoCoOp, MaPLe, ...). Compared, in the order a run goes: config keys, dataset
-summary, few-shot image-list hash, transforms, LR per epoch, loss per printed iteration, final
-accuracy. Exit status: 0 the runs match, 1 they differ, 2 bad input.
+summary, few-shot image-list hash, transforms, model facts (run_facts.json beside the log, else
+the lines the log printed), LR per epoch, loss per printed iteration, final accuracy.
+Exit status: 0 the runs match, 1 they differ, 2 bad input.
 """
 import argparse
 import os
@@ -16,6 +17,7 @@ sys.path.insert(0, REPO)
 
 from results.compare import compare_logs, report  # noqa: E402
 from results.logparse import LOG_NAME, read_run_log  # noqa: E402
+from results.run_facts import RunFactsError  # noqa: E402
 
 
 class BadInput(Exception):
@@ -40,6 +42,8 @@ def read_log(run):
         log = read_run_log(path)
     except OSError as exc:
         raise BadInput(f'cannot read "{path}" ({exc.strerror}).') from exc
+    except RunFactsError as exc:
+        raise BadInput(str(exc)) from exc
     if not (log.config or log.iterations or log.accuracy is not None):
         raise BadInput(f'"{path}" is not the log of a run: it has no "** Config **" block, no '
                        '"epoch [..]" lines and no final "* accuracy" line.')

@@ -19,9 +19,10 @@ import torch
 
 from dassl.engine import TRAINER_REGISTRY
 
-from .clip_prompting import EncoderLoRA, PromptedCLIP, PromptTuningTrainer, clean_classname, tokenize
+from datasets.templates import dataset_template
+
+from .clip_prompting import EncoderLoRA, PromptedCLIP, PromptTuningTrainer, clean_classname
 from .clip_prompting.lora import PROJECTIONS
-from .zsclip import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
 
 ENCODERS = ("text", "vision", "both")
 # Blocks per POSITION, as released for 12-layer encoders; "all" is every block of any encoder.
@@ -78,10 +79,10 @@ class CLIPLoRACLIP(PromptedCLIP):
         super().__init__(clip_model)
         c = cfg.TRAINER.CLIPLORA
         check_cliplora_cfg(c)
-        template = CUSTOM_TEMPLATES.get(cfg.DATASET.NAME, DEFAULT_TEMPLATE)
+        template = dataset_template(cfg.DATASET.NAME)
         prompts = [template.format(clean_classname(name)) for name in classnames]
         print(f"Prompts: {prompts}")
-        self.register_buffer("tokenized_prompts", tokenize(prompts), persistent=False)
+        self.register_buffer("tokenized_prompts", self.text_encoder.tokenize(prompts), persistent=False)
         scale = c.ALPHA / math.sqrt(c.RANK)  # the released scaling (not LoRA's alpha / r)
         self.lora = torch.nn.ModuleDict()
         if c.ENCODER in ("text", "both"):

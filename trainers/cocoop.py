@@ -45,7 +45,7 @@ class CoCoOpCLIP(PromptedCLIP):
 
     def __init__(self, cfg, classnames, clip_model):
         super().__init__(clip_model)
-        self.prompt_learner = CoCoOpPromptLearner(cfg, classnames, self.text_encoder, clip_model.text_projection.shape[1])
+        self.prompt_learner = CoCoOpPromptLearner(cfg, classnames, self.text_encoder, self.embed_dim)
         self.fast = True  # one text-encoder call for the whole batch
 
     def class_text_features(self, ctx):
@@ -63,10 +63,11 @@ class CoCoOpCLIP(PromptedCLIP):
         features = self.text_encoder(prompts, classes.eot_index.repeat(num_images))
         return F.normalize(features.float(), dim=-1).view(num_images, num_classes, -1)
 
-    def forward(self, images, text_features=None):
+    def features(self, images, text_state=None):
+        """Normalised image features (B, E) and each image's own class features (B, C, E) (no text
+        state exists before the images: ``forward`` refuses one)."""
         image_features = F.normalize(self.image_encoder(images).float(), dim=-1)
-        text = self.class_text_features(self.prompt_learner(image_features))
-        return self.logit_scale * torch.einsum("be,bce->bc", image_features, text)
+        return image_features, self.class_text_features(self.prompt_learner(image_features))
 
 
 @TRAINER_REGISTRY.register()

@@ -30,7 +30,7 @@ class CoOpPromptLearner(nn.Module):
         if c.CTX_INIT:
             # CoOp's rule: an initial phrase fixes the context length to its token count
             from .clip_prompting.prompts import count_bpe_tokens
-            n_ctx = count_bpe_tokens(c.CTX_INIT.replace("_", " "))
+            n_ctx = count_bpe_tokens(c.CTX_INIT.replace("_", " "), text_encoder.tokenizer)
         ctx, prefix = init_context(text_encoder, n_ctx, c.CTX_INIT, owner="TRAINER.COOP")
         if c.CSC:
             print("Initializing class-specific contexts")

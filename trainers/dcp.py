@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
 
 from .clip_prompting import ClassPrompts, PromptedCLIP, PromptTuningTrainer, deep_prompt_hook, init_context, splice
-from .clip_prompting.encoders import run_blocks
 
 FUSINGS = ("none", "mean", "first", "max")
 
@@ -107,6 +106,11 @@ class DCPPromptLearner(nn.Module):
         c = cfg.TRAINER.DCP
         image_encoder.require_vit("TRAINER.DCP", cfg.MODEL.BACKBONE.NAME)
         check_dcp_cfg(c, min(text_encoder.num_layers, image_encoder.num_layers))
+        if not text_encoder.causal:
+            raise ValueError(f"TRAINER.DCP: DCP follows the text prompt states on [SOS, prompts] alone, which "
+                             f"is exact only in a causal text tower; the text tower of {cfg.MODEL.BACKBONE.NAME} "
+                             "attends both ways (SigLIP). Use a CLIP-style backbone, or another method (MaPLe, "
+                             "MuDPT, IVLP).")
         n, d_t, d_v = c.N_CTX, text_encoder.width, image_encoder.width
         ctx, prefix = init_context(text_encoder, n, c.CTX_INIT, owner="TRAINER.DCP")
         print(f'Initial context: "{prefix}"')
@@ -130,12 +134,13 @@ class CoupledPromptHook:
     [SOS, prompts] sequence) and records the refined text prompts of each block.
     """
 
-    def __init__(self, learner, text_encoder):
+    def __init__(self, learner, text_encoder, image_encoder):
         self.learner, self.text_encoder = learner, text_encoder
+        self.text_start = text_encoder.prompt_start  # the text prompt slots follow SOS
+        self.visual_start = image_encoder.prompt_start(learner.n_ctx)
         sos = learner.classes.token_prefix[:1]
-        n = learner.n_ctx
         x = torch.cat([sos, learner.prompts_text.unsqueeze(0).to(sos.dtype)], dim=1)
-        self.text_state = x + text_encoder.positional_embedding[:1 + n].to(sos.dtype)
+        self.text_state = text_encoder.positioned(x)
         self.text_prompts = []  # refined text prompts written before text blocks 1..depth
 
     def __call__(self, index, x):
@@ -144,16 +149,16 @@ class CoupledPromptHook:
             return x
         n = learner.n_ctx
         # the text prompt slots' outputs of text block index-1 (causal: they see only SOS and prompts)
-        self.text_state = run_blocks(self.text_encoder.transformer.resblocks[index - 1:index], self.text_state,
-                                     causal=True, fast=True)
+        self.text_state = self.text_encoder.run_block(index - 1, self.text_state)
         dtype = learner.prompts_visual.dtype  # the attention runs at the learner's precision
-        v = fuse(x[:, -n:].to(dtype), learner.fusing)
-        t = fuse(self.text_state[:, 1:1 + n].to(dtype), learner.fusing).expand(v.shape[0], -1, -1)
+        start, text_start = self.visual_start % x.shape[1], self.text_start
+        v = fuse(x[:, start:start + n].to(dtype), learner.fusing)
+        t = fuse(self.text_state[:, text_start:text_start + n].to(dtype), learner.fusing).expand(v.shape[0], -1, -1)
         v_new, t_new = learner.attention(index)(v, t)
         if t_new is not None:
-            self.text_state = splice(self.text_state.expand(t_new.shape[0], -1, -1), t_new, 1)
+            self.text_state = splice(self.text_state.expand(t_new.shape[0], -1, -1), t_new, text_start)
             self.text_prompts.append(t_new)
-        return splice(x, v_new, -n)
+        return splice(x, v_new, start)
 
 
 class DCPCLIP(PromptedCLIP):
@@ -176,20 +181,21 @@ class DCPCLIP(PromptedCLIP):
         embeddings = shallow.repeat(num_sets, 1, 1)  # prompt set p covers rows p*C .. p*C + C-1
         deep = [t.repeat_interleave(num_classes, dim=0) for t in prompts]
         features = self.text_encoder(embeddings, classes.eot_index.repeat(num_sets),
-                                     hook=deep_prompt_hook(deep, start=1))
+                                     hook=deep_prompt_hook(deep, start=self.text_encoder.prompt_start))
         return features.view(num_sets, num_classes, -1)
 
-    def forward(self, images, text_features=None):
+    def features(self, images, text_state=None):
+        """Normalised image features (B, E) and the class features that score them: (B, C, E)
+        when the image pass refined the text prompts, else the shared (C, E) (or the given state)."""
         learner = self.prompt_learner
-        hook = CoupledPromptHook(learner, self.text_encoder)
+        hook = CoupledPromptHook(learner, self.text_encoder, self.image_encoder)
         image = F.normalize(self.image_encoder(images, learner.prompts_visual, hook=hook).float(), dim=-1)
         if hook.text_prompts:  # text refined by the image(s): one prompt set per image, or one per batch
             text = F.normalize(self.encode_text(hook.text_prompts).float(), dim=-1)
-            text = text.expand(image.shape[0], -1, -1)
-            return self.logit_scale * torch.einsum("be,bce->bc", image, text)
-        if text_features is None:
-            text_features = F.normalize(self.encode_text().float(), dim=-1)
-        return self.logit_scale * image @ text_features.t()
+            return image, text.expand(image.shape[0], -1, -1)
+        if text_state is None:
+            text_state = F.normalize(self.encode_text().float(), dim=-1)
+        return image, text_state
 
 
 @TRAINER_REGISTRY.register()

@@ -17,6 +17,8 @@ general knowledge, CE(f0 . T) + CE(f . T_zs) + 0.1 CE(f . T) (f0: frozen image f
 hand-crafted text); afterwards CE(f . T). Both stages add ALPHA x CE of the layer logits at
 the (image, layer, k) slots whose class k is the label. Inference: the logits of f . T.
 """
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,8 +26,9 @@ import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
 from dassl.optim import build_lr_scheduler, build_optimizer
 
+from datasets.templates import dataset_template
+
 from .clip_prompting import ClassPrompts, PromptedCLIP, PromptTuningTrainer, init_context, template_text_features
-from .zsclip import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
 
 
 def extend_cfg(cfg):
@@ -129,7 +132,8 @@ class DualPromptHook:
     """Appends VPT tokens before the lower blocks and class-aware tokens before the upper ones;
     each block's outputs at the appended slots are dropped before the next block."""
 
-    def __init__(self, vpt_ctx, class_aware, first_class_aware, class_features):
+    def __init__(self, image_encoder, vpt_ctx, class_aware, first_class_aware, class_features):
+        self.encoder = image_encoder
         self.vpt_ctx, self.class_aware, self.first = vpt_ctx, class_aware, first_class_aware
         self.class_features = class_features
         self.appended = 0
@@ -137,14 +141,29 @@ class DualPromptHook:
 
     def __call__(self, index, x):
         if self.appended:
-            x = x[:, :-self.appended]
+            x = self.encoder.remove_prompts(x, self.appended)
         if index < self.first:
             tokens = self.vpt_ctx[index].to(x.dtype).expand(x.shape[0], -1, -1)
         else:
             tokens, logits = self.class_aware.layers[index - self.first](x, self.class_features)
             self.layer_logits.append(logits)
         self.appended = tokens.shape[1]
-        return torch.cat([x, tokens.to(x.dtype)], dim=1)
+        return self.encoder.insert_prompts(x, tokens.to(x.dtype))
+
+
+class DPTTextState(NamedTuple):
+    """DPT's text state: the class-aware prompts need T unnormalised, the logits its normalised rows."""
+    unnormalised: torch.Tensor  # (C, E)
+    normalised: torch.Tensor    # (C, E)
+
+
+class ClassAwarePass(NamedTuple):
+    """What DPT's image pass gives: its features, the text state it used, and the loss's extras."""
+    image: torch.Tensor         # (B, E) normalised features of the prompted image pass
+    text_state: DPTTextState
+    frozen: torch.Tensor        # (B, E) normalised features of frozen CLIP (no prompts)
+    top_k: torch.Tensor         # (B, K) the classes zero-shot CLIP selected
+    layer_logits: list          # (B, K, C) per class-aware layer, for the auxiliary loss
 
 
 class DPTCLIP(PromptedCLIP):
@@ -154,7 +173,7 @@ class DPTCLIP(PromptedCLIP):
         self.image_encoder.require_vit("TRAINER.DPT", cfg.MODEL.BACKBONE.NAME)
         layers = self.image_encoder.num_layers
         check_dpt_cfg(c, layers)
-        width, embed_dim = self.image_encoder.width, clip_model.text_projection.shape[1]
+        width, embed_dim = self.image_encoder.width, self.embed_dim
         self.first_class_aware = c.BOTTOMLIMIT - 1
         self.top_k = min(c.CPN, len(classnames))
         print(f"VPT: {c.VPT_N_CTX} tokens in blocks 1..{self.first_class_aware}; class-aware prompts: "
@@ -165,37 +184,61 @@ class DPTCLIP(PromptedCLIP):
             nn.init.normal_(torch.empty(self.first_class_aware, c.VPT_N_CTX, width), std=0.02))
         self.extractor = ClassAwarePrompts(layers - self.first_class_aware, embed_dim, width, len(classnames),
                                            c.KV_TOKENS)
-        template = CUSTOM_TEMPLATES.get(cfg.DATASET.NAME, DEFAULT_TEMPLATE)
+        template = dataset_template(cfg.DATASET.NAME)
         print(f'Zero-shot text for the class selection: "{template}"')
         self.register_buffer("zero_shot_text", template_text_features(self.text_encoder, classnames, template),
                              persistent=False)
 
-    def text_features(self):
-        """The CoOp text features, *unnormalised*: the class-aware prompts are built from them,
-        so this is what evaluation caches and hands back to ``forward``."""
+    def unnormalised_text_features(self):
+        """The CoOp class features T (C, E) before normalisation: the class-aware prompts are built from them."""
         classes = self.prompt_learner.classes
         return self.text_encoder(classes.assemble(self.prompt_learner.ctx), classes.eot_index).float()
 
-    def outputs(self, images, text=None):
-        """Every logit DPT uses, for images (B, 3, H, W) and unnormalised text features (C, E)."""
-        text = self.text_features() if text is None else text
-        with torch.no_grad():  # the class selection by frozen zero-shot CLIP
-            frozen = F.normalize(self.image_encoder(images).float(), dim=-1)
-            top_k = (frozen @ self.zero_shot_text.t()).topk(self.top_k, dim=-1).indices  # (B, K)
-        hook = DualPromptHook(self.ctx_learner.ctx, self.extractor, self.first_class_aware, text[top_k])
+    def text_features(self):
+        """Normalised class text features (C, E)."""
+        return self.text_state().normalised
+
+    def text_state(self):
+        """T and its normalised rows; image-independent, so evaluation computes it once."""
+        unnormalised = self.unnormalised_text_features()
+        return DPTTextState(unnormalised, F.normalize(unnormalised, dim=-1))
+
+    @torch.no_grad()
+    def select_classes(self, images):
+        """Frozen zero-shot CLIP's normalised image features (B, E) and its top-K classes (B, K)."""
+        frozen = F.normalize(self.image_encoder(images).float(), dim=-1)
+        return frozen, (frozen @ self.zero_shot_text.t()).topk(self.top_k, dim=-1).indices
+
+    def class_aware_pass(self, images, text_state=None):
+        """The image pass with VPT and class-aware prompts, and what it yields besides the image features."""
+        unnormalised = self.unnormalised_text_features() if text_state is None else text_state.unnormalised
+        frozen, top_k = self.select_classes(images)
+        hook = DualPromptHook(self.image_encoder, self.ctx_learner.ctx, self.extractor, self.first_class_aware,
+                              unnormalised[top_k])
         image = F.normalize(self.image_encoder(images, hook=hook).float(), dim=-1)
-        text = F.normalize(text, dim=-1)
+        if text_state is None:
+            # Normalised only now, after the prompts took their rows of T: in this order the
+            # gradients reaching T add up as they always have (bitwise the same training).
+            text_state = DPTTextState(unnormalised, F.normalize(unnormalised, dim=-1))
+        return ClassAwarePass(image, text_state, frozen, top_k, hook.layer_logits)
+
+    def features(self, images, text_state=None):
+        result = self.class_aware_pass(images, text_state)
+        return result.image, result.text_state
+
+    def logits(self, image_features, text_state):
+        return super().logits(image_features, text_state.normalised)
+
+    def outputs(self, images):
+        """Every logit DPT's training loss uses, for images (B, 3, H, W)."""
+        result = self.class_aware_pass(images)
         return {
-            "logits": self.logit_scale * image @ text.t(),
-            "frozen_image_logits": self.logit_scale * frozen @ text.t(),
-            "fixed_text_logits": self.logit_scale * image @ self.zero_shot_text.t(),
-            "layer_logits": torch.stack(hook.layer_logits).float(),  # (layers, B, K, C)
-            "top_k": top_k,
+            "logits": self.logits(result.image, result.text_state),
+            "frozen_image_logits": self.logits(result.frozen, result.text_state),
+            "fixed_text_logits": super().logits(result.image, self.zero_shot_text),
+            "layer_logits": torch.stack(result.layer_logits).float(),  # (layers, B, K, C)
+            "top_k": result.top_k,
         }
-
-    def forward(self, images, text_features=None):
-        return self.outputs(images, text_features)["logits"]
-
 
 def layer_loss(layer_logits, top_k, label):
     """CE of the layer logits at the slots whose selected class is the label (0 if none is)."""

@@ -98,13 +98,13 @@ class IVLPCLIP(PromptedCLIP):
             return learner.fixed_text_features
         classes = learner.classes
         return self.text_encoder(classes.assemble(learner.text.ctx), classes.eot_index,
-                                 hook=learner.text.hook(start=1))  # slots right after SOS
+                                 hook=learner.text.hook(start=self.text_encoder.prompt_start))  # slots after SOS
 
     def encode_image(self, images, prompts):
         vision = self.prompt_learner.vision
         if vision is None:
             return self.image_encoder(images)
-        return self.image_encoder(images, vision.ctx, hook=vision.hook(start=-vision.length))  # last n tokens
+        return self.image_encoder(images, vision.ctx, hook=vision.hook(self.image_encoder.prompt_start(vision.length)))
 
 
 @TRAINER_REGISTRY.register()

@@ -13,10 +13,14 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .clip_prompting import ClassPrompts, PromptedCLIP, PromptTuningTrainer, init_context, template_text_features
 from .clip_prompting.prompts import count_bpe_tokens
-from .zsclip import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
+from datasets.templates import dataset_template
 
-# The released hand-crafted prompts: CoOp's per-dataset templates, with its own DTD prompt.
-TEMPLATES = dict(CUSTOM_TEMPLATES, DescribableTextures="a photo of a {}, a type of texture.")
+# The released hand-crafted prompts are the datasets' templates, except KgCoOp's own DTD prompt.
+OWN_TEMPLATES = {"DescribableTextures": "a photo of a {}, a type of texture."}
+
+
+def hand_crafted_template(dataset_name):
+    return OWN_TEMPLATES.get(dataset_name) or dataset_template(dataset_name)
 
 
 def extend_cfg(cfg):
@@ -33,7 +37,7 @@ class KgCoOpPromptLearner(nn.Module):
         super().__init__()
         n_ctx = c.N_CTX
         if c.CTX_INIT:  # as in CoOp, an initial phrase fixes the context length to its token count
-            n_ctx = count_bpe_tokens(c.CTX_INIT.replace("_", " "))
+            n_ctx = count_bpe_tokens(c.CTX_INIT.replace("_", " "), text_encoder.tokenizer)
         ctx, prefix = init_context(text_encoder, n_ctx, c.CTX_INIT, owner="TRAINER.KGCOOP")
         print(f'Initial context: "{prefix}"')
         print(f"Number of context words (tokens): {n_ctx}")
@@ -46,7 +50,7 @@ class KgCoOpCLIP(PromptedCLIP):
         super().__init__(clip_model)
         self.prompt_learner = KgCoOpPromptLearner(cfg.TRAINER.KGCOOP, classnames, self.text_encoder)
         self.classnames = list(classnames)
-        self.template = TEMPLATES.get(cfg.DATASET.NAME, DEFAULT_TEMPLATE)
+        self.template = hand_crafted_template(cfg.DATASET.NAME)
         print(f"Hand-crafted prompt: {self.template}")
         self.register_buffer("hand_crafted", None, persistent=False)
 
@@ -80,7 +84,7 @@ class KgCoOp(PromptTuningTrainer):
     def compute_loss(self, image, label):
         model = self.model
         image_features, text_features = model.features(image)
-        logits = model.logit_scale * image_features @ text_features.t()
+        logits = model.logits(image_features, text_features)
         with torch.autocast(self.device.type, enabled=False):
             hand_crafted = model.hand_crafted_text_features()
         distance = knowledge_guided_distance(text_features, hand_crafted)

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from dassl.engine import TRAINER_REGISTRY
 
-from .clip_prompting import PromptedCLIP, PromptTuningTrainer, clean_classname, tokenize
+from .clip_prompting import PromptedCLIP, PromptTuningTrainer, clean_classname
 
 
 def extend_cfg(cfg):
@@ -110,7 +110,7 @@ class AdapterLearner(nn.Module):
             layer = index + 1
             if not self.has(layer):
                 return x_out
-            y = self.adapt(branch, layer, blocks[index].ln_1(ScaleGradient.apply(x_in, self.scale)))
+            y = self.adapt(branch, layer, blocks.norm1(index)(ScaleGradient.apply(x_in, self.scale)))
             return x_out + ScaleGradient.apply(y, 1.0 / self.scale)
         return after
 
@@ -124,7 +124,7 @@ class MMACLIP(PromptedCLIP):
         check_mma_cfg(c, layers)
         prompts = [f"{c.TEXT_CTX_INIT} {clean_classname(name)}." for name in classnames]
         print(f"Prompts: {prompts}")
-        ids = tokenize(prompts)
+        ids = self.text_encoder.tokenize(prompts)
         self.register_buffer("tokenized_prompts", ids, persistent=False)
         self.register_buffer("prompt_embeddings", self.text_encoder.embed(ids), persistent=False)
         self.adapter_learner = AdapterLearner(c, self.text_encoder.width, self.image_encoder.width, layers)
@@ -136,12 +136,12 @@ class MMACLIP(PromptedCLIP):
         embeddings = self.prompt_embeddings
         if learner.has(0):  # layer 0 adapts the token embeddings, before the positional embedding
             embeddings = embeddings + learner.adapt("text", 0, embeddings)
-        after = learner.after_hook("text", self.text_encoder.transformer.resblocks)
-        return self.text_encoder(embeddings, self.tokenized_prompts.argmax(dim=-1), after=after)
+        after = learner.after_hook("text", self.text_encoder.tower.blocks)
+        return self.text_encoder(embeddings, self.text_encoder.pool_index(self.tokenized_prompts), after=after)
 
     def encode_image(self, images, prompts):
         learner = self.adapter_learner
-        after = learner.after_hook("visual", self.image_encoder.visual.transformer.resblocks)
+        after = learner.after_hook("visual", self.image_encoder.tower.blocks)
         return self.image_encoder(images, hook=learner.input_hook("visual"), after=after)
 
 

@@ -97,7 +97,7 @@ class Injection(nn.Module):
         return self.proj(x)
 
 
-def check_mudpt_cfg(c, text_layers, vision_layers):
+def check_mudpt_cfg(c, text_layers, vision_layers, tokenizer=None):
     def fail(msg):
         raise ValueError(f"TRAINER.MUDPT: {msg}")
     if c.INJECTION not in INJECTIONS:
@@ -118,7 +118,7 @@ def check_mudpt_cfg(c, text_layers, vision_layers):
         fail(f"DEEP_PROMPT_DEPTH is {c.DEEP_PROMPT_DEPTH}, but this CLIP has {layers} layers per encoder; "
              f"use 1 <= DEEP_PROMPT_DEPTH <= {layers}.")
     if c.CTX_INIT:
-        words = count_bpe_tokens(c.CTX_INIT.replace("_", " "))
+        words = count_bpe_tokens(c.CTX_INIT.replace("_", " "), tokenizer)
         if c.N_CTX > words:
             fail(f'N_CTX is {c.N_CTX}, but CTX_INIT "{c.CTX_INIT}" has only {words} tokens to initialise the '
                  f'text prompt from; set N_CTX <= {words}, or CTX_INIT "" for random initialisation.')
@@ -136,7 +136,7 @@ class MultimodalPromptLearner(nn.Module):
         super().__init__()
         c = cfg.TRAINER.MUDPT
         image_encoder.require_vit("TRAINER.MUDPT", cfg.MODEL.BACKBONE.NAME)
-        check_mudpt_cfg(c, text_encoder.num_layers, image_encoder.num_layers)
+        check_mudpt_cfg(c, text_encoder.num_layers, image_encoder.num_layers, text_encoder.tokenizer)
         n, depth = c.N_CTX, c.DEEP_PROMPT_DEPTH
         d_t, d_v = text_encoder.width, image_encoder.width
         ctx, prefix = init_context(text_encoder, n, c.CTX_INIT, owner="TRAINER.MUDPT")

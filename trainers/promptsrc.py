@@ -14,15 +14,13 @@ visual prompts enter at the first layer and change every token, so no prompted p
 frozen features. The pass reuses the same frozen weights (the released code loads a second CLIP).
 """
 import math
-import os.path as osp
 
 import torch
 import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
-from dassl.utils import load_checkpoint
 
-from .clip_prompting import PromptTuningTrainer, clean_classname, tokenize
+from .clip_prompting import PromptTuningTrainer, clean_classname
 from .ivlp import IVLPCLIP
 
 # The released teacher templates (CLIP's ImageNet prompt-engineering list, in the released order).
@@ -65,11 +63,10 @@ def extend_cfg(cfg):
 @torch.no_grad()
 def template_ensemble_features(text_encoder, classnames, templates):
     """Class features (C, E) averaged over templates, then normalised (PromptSRC's frozen text features)."""
-    device = text_encoder.token_embedding.weight.device
     names = [clean_classname(c) for c in classnames]
     total = 0
     for template in templates:
-        ids = tokenize([template.format(name) for name in names]).to(device)
+        ids = text_encoder.tokenize([template.format(name) for name in names])
         total = total + text_encoder.encode_ids(ids).float()
     return F.normalize(total / len(templates), dim=-1)
 
@@ -174,11 +171,11 @@ class PromptSRC(PromptTuningTrainer):
     def compute_loss(self, image, label):
         model = self.model
         image_features, text_features = model.features(image)
-        logits = model.logit_scale * image_features @ text_features.t()
+        logits = model.logits(image_features, text_features)
         with torch.autocast(self.device.type, enabled=False):
             frozen_text = model.frozen_text_features()
         frozen_image = model.frozen_image_features(image)
-        frozen_logits = model.logit_scale * frozen_image @ frozen_text.t()
+        frozen_logits = model.logits(frozen_image, frozen_text)
         loss = self_regulating_loss(self.method_cfg, logits, label, text_features, image_features,
                                     frozen_text, frozen_image, frozen_logits)
         return loss, logits
@@ -196,15 +193,9 @@ class PromptSRC(PromptTuningTrainer):
         state[AGGREGATION_KEY] = self.aggregation.state_dict()
         return state
 
-    def resume_model_if_exist(self, directory):
-        start_epoch = super().resume_model_if_exist(directory)
-        if start_epoch:
-            folder = osp.join(directory, self.model_name)
-            with open(osp.join(folder, "checkpoint")) as pointer:
-                path = osp.join(folder, pointer.read().strip())
-            checkpoint = load_checkpoint(path)
-            if AGGREGATION_KEY not in checkpoint:
-                raise RuntimeError(f'Checkpoint "{path}" holds no Gaussian prompt aggregation state, so PromptSRC '
-                                   "cannot resume from it exactly; start the run afresh in a new output folder.")
-            self.aggregation.load_state_dict(checkpoint[AGGREGATION_KEY])
-        return start_epoch
+    def load_training_state(self, state, source="The checkpoint"):
+        super().load_training_state(state, source)
+        if AGGREGATION_KEY not in state:
+            raise RuntimeError(f"{source} holds no Gaussian prompt aggregation state, so PromptSRC "
+                               "cannot resume from it exactly; start the run afresh in a new output folder.")
+        self.aggregation.load_state_dict(state[AGGREGATION_KEY])

@@ -43,7 +43,7 @@ class VPTCLIP(PromptedCLIP):
         visual = self.prompt_learner
         if visual is None:
             return self.image_encoder(images)
-        return self.image_encoder(images, visual.ctx, hook=visual.hook(start=-visual.length))
+        return self.image_encoder(images, visual.ctx, hook=visual.hook(self.image_encoder.prompt_start(visual.length)))
 
 
 @TRAINER_REGISTRY.register()

@@ -1,29 +1,18 @@
-"""Zero-shot CLIP with CoOp's hand-crafted per-dataset templates (training-free)."""
+"""Zero-shot CLIP with CoOp's hand-crafted per-dataset templates (training-free).
+
+The templates live with the datasets (datasets/templates.py); CUSTOM_TEMPLATES and
+DEFAULT_TEMPLATE stay importable from here, where CoOp's own zsclip.py defines them.
+"""
 import torch
 import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
 
+from datasets.templates import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE, dataset_template  # noqa: F401  (CoOp's names)
+
 from .clip_prompting import PromptedCLIP, PromptTuningTrainer, clean_classname, template_text_features
 
-CUSTOM_TEMPLATES = {
-    "OxfordPets": "a photo of a {}, a type of pet.",
-    "OxfordFlowers": "a photo of a {}, a type of flower.",
-    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
-    "DescribableTextures": "{} texture.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "StanfordCars": "a photo of a {}.",
-    "Food101": "a photo of {}, a type of food.",
-    "SUN397": "a photo of a {}.",
-    "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.",
-    "ImageNet": "a photo of a {}.",
-    "ImageNetSketch": "a photo of a {}.",
-    "ImageNetV2": "a photo of a {}.",
-    "ImageNetA": "a photo of a {}.",
-    "ImageNetR": "a photo of a {}.",
-}
-DEFAULT_TEMPLATE = "a photo of a {}."
+# ZeroshotCLIP2's generic templates: the method's own, for every dataset.
 ENSEMBLE_TEMPLATES = (
     "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
     "a {} in a video game.", "art of the {}.", "a photo of the small {}.",
@@ -49,8 +38,8 @@ class ZeroShotModel(PromptedCLIP):
     def text_features(self):
         return self.fixed_text_features
 
-    def forward(self, images, text_features=None):
-        return super().forward(images, self.fixed_text_features if text_features is None else text_features)
+    def features(self, images, text_state=None):
+        return super().features(images, self.fixed_text_features if text_state is None else text_state)
 
 
 @TRAINER_REGISTRY.register()
@@ -58,7 +47,7 @@ class ZeroshotCLIP(PromptTuningTrainer):
     cfg_node = "ZSCLIP"
 
     def templates(self):
-        return [CUSTOM_TEMPLATES.get(self.cfg.DATASET.NAME, DEFAULT_TEMPLATE)]
+        return [dataset_template(self.cfg.DATASET.NAME)]
 
     def build_model(self):
         clip_model = self.load_frozen_clip()
@@ -72,5 +61,5 @@ class ZeroshotCLIP2(ZeroshotCLIP):
     def templates(self):
         templates = list(ENSEMBLE_TEMPLATES)  # a copy: never grow the class-level tuple
         if self.cfg.DATASET.NAME != "ImageNet":
-            templates.append(CUSTOM_TEMPLATES.get(self.cfg.DATASET.NAME, DEFAULT_TEMPLATE))
+            templates.append(dataset_template(self.cfg.DATASET.NAME))
         return templates

@@ -10,6 +10,9 @@ each a fix or an addition that leaves a run's numbers unchanged:
 - resume keeps the live scheduler; trainers without models test and exit;
 - ``results.json`` marks a completed run and records what it was;
 - one run can span several processes (``torchrun``; see ``dassl.utils.distributed``);
+- ``model_backward_and_update`` also scales the loss and steps through the trainer's
+  gradient scaler (``self.scaler``), so mixed precision needs no code in a trainer;
+- ``load_training_state`` restores on resume what ``training_state`` added to a checkpoint;
 - scalars go to TensorBoard and to ``metrics.csv``; the ETA uses the whole run's pace.
 """
 import csv
@@ -61,6 +64,9 @@ class TrainerBase:
         self._batch_weight = 1.0  # this process's share of the current batch (distributed)
         self.identity = {}  # what this run is (trainer, dataset, seed, ...): set by train.py
         self._stop = StopOnSignal()  # installed while train() runs
+        # A trainer sets a torch.amp.GradScaler here (in build_model) to have model_backward_and_update
+        # scale the loss and step through it; it is saved and restored with the training state.
+        self.scaler = None
 
     # ---------------------------------------------------------------- registry
     def register_model(self, name="model", model=None, optim=None, sched=None):
@@ -91,13 +97,14 @@ class TrainerBase:
 
     # ---------------------------------------------------------------- checkpoints
     def training_state(self):
-        """What a checkpoint holds besides the weights, for an exact resume and clear errors."""
-        scaler = getattr(self, "scaler", None)
+        """What a checkpoint holds besides the weights, for an exact resume and clear errors.
+
+        A trainer that adds entries here restores them in ``load_training_state``."""
         cfg = getattr(self, "cfg", None)
         best = getattr(self, "best_result", -np.inf)
         return {
             "rng_state": get_rng_state(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "best_result": float(best) if np.isfinite(best) else None,
             "identity": dict(self.identity),
             "config": cfg.dump() if cfg is not None else "",
@@ -157,11 +164,9 @@ class TrainerBase:
             with explain_shape_mismatch(fpath, checkpoint, getattr(self, "cfg", None)):
                 restore_checkpoint(checkpoint, fpath, self._models[name], self._optims[name],
                                    self._scheds[name])
-        scaler = getattr(self, "scaler", None)
-        if scaler is not None and checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        if checkpoint.get("best_result") is not None:
-            self.best_result = checkpoint["best_result"]
+        # Every model's checkpoint holds the same training state; the RNG is restored last,
+        # so nothing a trainer's hook does can shift it.
+        self.load_training_state(checkpoint, source=f'Checkpoint "{fpath}"')
         self._resume_position = None
         if checkpoint.get("batches_done"):
             # Stopped mid-epoch: replay the epoch's data order, then continue from the stop.
@@ -171,6 +176,16 @@ class TrainerBase:
         elif checkpoint.get("rng_state"):
             set_rng_state(checkpoint["rng_state"])
         return checkpoint["epoch"]
+
+    def load_training_state(self, state, source="The checkpoint"):
+        """Restore, on resume, what ``training_state()`` put into the checkpoint ``state`` (the
+        dict the engine has already loaded; ``source`` names it in error messages).
+
+        A trainer that adds entries to ``training_state()`` overrides both and calls super()."""
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if state.get("best_result") is not None:
+            self.best_result = state["best_result"]
 
     def load_model(self, directory, epoch=None):
         """Load ``model.pth.tar-<epoch>`` of every registered model from ``directory/<name>/``
@@ -342,14 +357,21 @@ class TrainerBase:
     def model_inference(self, input):
         raise NotImplementedError
 
+    def _optimizers(self, names=None):
+        """The optimisers of the given (default: all) registered models, in registration order."""
+        return [self._optims[name] for name in self.get_model_names(names) if self._optims[name] is not None]
+
     def model_zero_grad(self, names=None):
-        for name in self.get_model_names(names):
-            if self._optims[name] is not None:
-                self._optims[name].zero_grad()
+        for optim in self._optimizers(names):
+            optim.zero_grad()
 
     def model_backward(self, loss):
+        """Check the loss, then backpropagate it (scaled, when the trainer has a gradient scaler)."""
         self.detect_anomaly(loss)
-        loss.backward()
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
 
     def sync_gradients(self, names=None):
         """Average the gradients over processes (a no-op in a one-process run)."""
@@ -357,12 +379,21 @@ class TrainerBase:
         dist.all_reduce_gradients(params, self._batch_weight)
 
     def model_update(self, names=None):
-        self.sync_gradients(names)
-        for name in self.get_model_names(names):
-            if self._optims[name] is not None:
-                self._optims[name].step()
+        """Step the optimisers of ``names`` on the averaged gradients. With a gradient scaler, each
+        step goes through it (skipped when a gradient is inf/NaN) and the scale is then updated:
+        so step all models of a loss in one call."""
+        self.sync_gradients(names)  # before the scaler looks for inf: every process skips alike
+        for optim in self._optimizers(names):
+            if self.scaler is None:
+                optim.step()
+            else:
+                self.scaler.step(optim)
+        if self.scaler is not None:
+            self.scaler.update()
 
     def model_backward_and_update(self, loss, names=None):
+        """One training step on ``loss``: zero the gradients, backpropagate, average them over
+        processes, step every optimiser (through the gradient scaler, if any)."""
         self.model_zero_grad(names)
         self.model_backward(loss)
         self.model_update(names)

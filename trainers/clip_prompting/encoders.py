@@ -1,25 +1,25 @@
-"""The one prompt-aware forward of CLIP's text and image transformers.
+"""The one prompt-aware forward of a CLIP's text and image transformers, for every backbone.
 
-Methods never touch CLIP's code: they hand these encoders what they add at each block, and
-``run_blocks`` applies it: prompts spliced in before a block (``hook``), low-rank updates
+Methods never touch a library's code: they hand these encoders what they add at each block,
+and ``run_blocks`` applies it: prompts spliced in before a block (``hook``), low-rank updates
 inside its attention (``lora``), adapters acting after it (``after``). Sequences are
-batch-first, (N, L, D), throughout.
+batch-first, (N, L, D), throughout. The encoders take a backbone (``backbones.as_backbone``:
+OpenAI CLIP, OpenCLIP with native or timm towers, Hugging Face CLIP) and run its parts.
 
 Two execution paths compute the same function:
-- fast (default): attention through ``scaled_dot_product_attention`` and, for text,
-  the sequence cut after the last EOT token. Both are exact: the causal mask means no
-  token before EOT can see the padding that is cut away, and LoRA and adapters act on
+- fast (default): attention through ``scaled_dot_product_attention`` and, for a causal text
+  tower, the sequence cut after the last pooled (EOT) token. Both are exact: the causal mask
+  means no token before EOT can see the padding that is cut away, and LoRA and adapters act on
   each token separately.
-- reference (``fast=False``): CLIP's own residual blocks over all 77 positions (LoRA
-  merged into their weights), the straightforward implementation the fast path is tested
-  and benchmarked against.
+- reference (``fast=False``): the library's own blocks over the whole context (LoRA merged into
+  their weights), the straightforward implementation the fast path is tested and benchmarked
+  against.
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.func import functional_call
 
-from .loading import vision_architecture
+from backbones import as_backbone
+from backbones.blocks import BlockStack, MultiheadAttentionBlocks
 
 
 def splice(x, tokens, start):
@@ -45,153 +45,199 @@ def deep_prompt_hook(prompts, start):
     return hook
 
 
-def attention(attn, x, causal, lora=None):
-    """nn.MultiheadAttention's self-attention, batch-first, through SDPA; ``lora``: an AttentionLoRA."""
-    n, length, width = x.shape
-    heads = attn.num_heads
-    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    if lora is not None:
-        q, k, v = (lora.updated(name, x, t) for name, t in zip("qkv", (q, k, v)))
-    q, k, v = (t.reshape(n, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    out = out.transpose(1, 2).reshape(n, length, width)
-    return attn.out_proj(out) if lora is None else lora.updated("o", out, attn.out_proj(out))
-
-
-def residual_block(block, x, causal, lora=None):
-    """CLIP's pre-LN residual block on a batch-first sequence."""
-    x = x + attention(block.attn, block.ln_1(x), causal, lora)
-    return x + block.mlp(block.ln_2(x))
-
-
-def reference_block(block, x, lora=None):
-    """CLIP's own block: sequence-first, its stored 77x77 mask, LoRA merged into its weights."""
-    x = x.transpose(0, 1)
-    x = block(x) if lora is None else functional_call(block, lora.merged(block.attn), (x,))
-    return x.transpose(0, 1)
-
-
-def run_blocks(blocks, x, causal, hook=None, fast=True, after=None, lora=None):
-    """Run CLIP residual blocks with a method's additions at each block i.
+def run_blocks(blocks, x, causal, hook=None, fast=True, after=None, lora=None, context=None, start=0, stop=None):
+    """Run blocks ``start``..``stop``-1 of a BlockStack with a method's additions at each block i.
 
     ``hook(i, x)`` runs before block i (prompts); ``lora.at(i)`` (an EncoderLoRA) updates its
     attention projections; ``after(i, x_in, x_out)`` runs after it and sees the block's input
-    and output (adapters).
+    and output (adapters). ``context``: what the tower's blocks need besides x (rotary embeddings).
+    ``blocks`` may also be a list of OpenAI CLIP blocks (e.g. a slice of ``transformer.resblocks``).
     """
-    for index, block in enumerate(blocks):
+    if not isinstance(blocks, BlockStack):
+        blocks = MultiheadAttentionBlocks(blocks, sequence_first=True)
+    for index in range(start, len(blocks) if stop is None else stop):
         if hook is not None:
             x = hook(index, x)
         updates = lora.at(index) if lora is not None else None
-        y = residual_block(block, x, causal, updates) if fast else reference_block(block, x, updates)
+        y = blocks.run(index, x, causal, updates, fast, context)
         x = y if after is None else after(index, x, y)
     return x
 
 
-class TextEncoder(nn.Module):
-    """CLIP's text tower from token embeddings, with prompt hooks."""
+class TowerParts:
+    """The tower's parts (e.g. ``positional_embedding``, ``ln_final``) read through the encoder."""
 
-    def __init__(self, clip_model):
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "tower":
+                raise
+            return getattr(self.tower, name)
+
+
+class TextEncoder(TowerParts, nn.Module):
+    """A backbone's text tower from token embeddings, with prompt hooks."""
+
+    def __init__(self, model):
         super().__init__()
-        self.transformer = clip_model.transformer
-        self.positional_embedding = clip_model.positional_embedding
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
-        self.token_embedding = clip_model.token_embedding
+        backbone = as_backbone(model)
+        self.tower = backbone.text
+        self.tokenizer = backbone.tokenizer
         self.fast = True
 
     @property
     def dtype(self):
-        return self.text_projection.dtype
+        return self.tower.dtype
 
     @property
     def width(self):
-        return self.ln_final.weight.shape[0]
+        return self.tower.width
 
     @property
     def num_layers(self):
-        return len(self.transformer.resblocks)
+        return self.tower.num_layers
+
+    @property
+    def token_embedding(self):
+        return self.tower.token_embedding
+
+    @property
+    def causal(self):
+        return self.tower.causal
+
+    @property
+    def prompt_start(self):
+        """Where a prompt's learnable context starts: right after the start-of-text token, if any."""
+        return self.tokenizer.prefix_length
+
+    def tokenize(self, texts):
+        return self.tokenizer(texts).to(self.token_embedding.weight.device)
+
+    def pool_index(self, token_ids):
+        """Position each sequence is pooled at (EOT, or the tower's rule)."""
+        return self.tower.pool_index(token_ids)
 
     def embed(self, token_ids):
         with torch.no_grad():
-            return self.token_embedding(token_ids.long()).type(self.dtype)
+            return self.tower.token_embedding(token_ids.long()).type(self.dtype)
+
+    def positioned(self, embeddings):
+        """Embeddings (N, L, D) plus the positional embedding of their L positions."""
+        length = embeddings.shape[1]
+        return embeddings.type(self.dtype) + self.tower.positional_embedding[:length].type(self.dtype)
+
+    def run_block(self, index, x):
+        """Text block ``index`` alone on x (fast path, no additions)."""
+        return run_blocks(self.tower.blocks, x, self.causal, start=index, stop=index + 1)
 
     def forward(self, embeddings, eot_index, hook=None, after=None, lora=None):
-        """embeddings (C, 77, D) prompt-token embeddings; eot_index (C,) EOT positions.
+        """embeddings (C, L, D) prompt-token embeddings; eot_index (C,) the pooled positions.
 
         ``hook``, ``after`` and ``lora``: the method's additions at each block (see ``run_blocks``).
         """
-        length = int(eot_index.max()) + 1 if self.fast else embeddings.shape[1]
-        x = embeddings[:, :length].type(self.dtype) + self.positional_embedding[:length].type(self.dtype)
-        x = run_blocks(self.transformer.resblocks, x, causal=True, hook=hook, fast=self.fast, after=after, lora=lora)
-        x = self.ln_final(x).type(self.dtype)
+        tower = self.tower
+        length = int(eot_index.max()) + 1 if self.fast and tower.causal else embeddings.shape[1]
+        x = self.positioned(embeddings[:, :length])
+        x = run_blocks(tower.blocks, x, causal=tower.causal, hook=hook, fast=self.fast, after=after, lora=lora)
+        x = tower.ln_final(x).type(self.dtype)
         rows = torch.arange(x.shape[0], device=x.device)
-        return x[rows, eot_index.to(x.device)] @ self.text_projection
+        return tower.project(x[rows, eot_index.to(x.device)])
 
     def encode_ids(self, token_ids, **additions):
         """Text features from token ids (ids from ``tokenize``); ``additions`` as in ``forward``."""
-        return self(self.embed(token_ids), token_ids.argmax(dim=-1), **additions)
+        return self(self.embed(token_ids), self.pool_index(token_ids), **additions)
 
 
-class ImageEncoder(nn.Module):
-    """CLIP's image tower with visual prompt tokens appended after the patches (ViT only)."""
+class ImageEncoder(TowerParts, nn.Module):
+    """A backbone's image tower with visual prompt tokens (transformer towers only).
 
-    def __init__(self, clip_model):
+    Prompt tokens go where the tower places them (``prompt_start``): appended after the patches
+    (OpenAI, OpenCLIP, timm ViT: the released MaPLe convention), or, in towers with rotary
+    position embeddings (EVA-02, PE-Core), right after the class token, as prefix tokens that
+    the rotary embedding skips. Pooling sees the tower's own tokens only.
+    """
+
+    def __init__(self, model):
         super().__init__()
-        self.visual = clip_model.visual
-        self.is_vit = hasattr(self.visual, "transformer")
+        backbone = as_backbone(model)
+        self.tower = backbone.vision
+        self.architecture = backbone.architecture
         self.fast = True
 
     @property
+    def is_vit(self):
+        return self.tower.is_transformer
+
+    @property
     def dtype(self):
-        return self.visual.conv1.weight.dtype
+        return self.tower.dtype
 
     @property
     def width(self):
-        return self.visual.conv1.weight.shape[0] if self.is_vit else None
+        return self.tower.width if self.is_vit else None
 
     @property
     def num_layers(self):
-        return len(self.visual.transformer.resblocks) if self.is_vit else 0
+        return self.tower.num_layers
 
     def require_vit(self, owner, backbone="", alternative=""):
         """The one error for a method that works inside the image transformer (prompts, adapters,
-        LoRA) given a ResNet backbone.
+        LoRA) given a convolutional tower (ResNet, ConvNeXt).
 
         ``backbone`` is MODEL.BACKBONE.NAME; the message names what the weights really are."""
         if not self.is_vit:
-            architecture = vision_architecture(self.visual)
-            named = f"MODEL.BACKBONE.NAME is {backbone}, but " if backbone and backbone != architecture else ""
+            named = f"MODEL.BACKBONE.NAME is {backbone}, but " if backbone and backbone != self.architecture else ""
             raise ValueError(f"{owner}: this method works inside the image transformer, so it needs a ViT "
                              f"backbone ({named}the CLIP weights are "
-                             f"{architecture}); use e.g. ViT-B/16{alternative}. "
-                             "ResNet CLIP backbones support text-side methods only.")
+                             f"{self.architecture}); use e.g. ViT-B/16{alternative}. "
+                             "ResNet CLIP backbones support text-side methods only, and so do ConvNeXt ones.")
+
+    def prompt_start(self, n):
+        """Index of the first of ``n`` prompt tokens in the sequence (negative: from the end)."""
+        return self.tower.num_prefix_tokens if self.tower.prompt_placement == "prefix" else -n
+
+    def insert_prompts(self, x, prompts):
+        """x (B, L, D) with ``prompts`` (n, D) or (B, n, D) added at the tower's prompt place."""
+        if prompts.dim() == 2:
+            prompts = prompts.unsqueeze(0)
+        prompts = prompts.type(self.dtype).expand(x.shape[0], -1, -1)
+        if self.tower.prompt_placement == "prefix":
+            at = self.tower.num_prefix_tokens
+            return torch.cat([x[:, :at], prompts, x[:, at:]], dim=1)
+        return torch.cat([x, prompts], dim=1)
+
+    def remove_prompts(self, x, n):
+        """x without its ``n`` prompt tokens."""
+        if self.tower.prompt_placement == "prefix":
+            at = self.tower.num_prefix_tokens
+            return torch.cat([x[:, :at], x[:, at + n:]], dim=1)
+        return x[:, :x.shape[1] - n]
 
     def tokens(self, images):
-        """Patch tokens with CLS and positional embedding: (B, 1 + patches, D)."""
-        v = self.visual
-        x = v.conv1(images.type(self.dtype)).flatten(2).transpose(1, 2)
-        cls = v.class_embedding.type(self.dtype).expand(x.shape[0], 1, -1)
-        return torch.cat([cls, x], dim=1) + v.positional_embedding.type(self.dtype)
+        """The tower's own tokens (B, L, D) before the pre-norm: class/prefix tokens and patches."""
+        return self.tower.embed(images)[0]
 
     def forward(self, images, prompts=None, hook=None, after=None, lora=None):
-        """images (B, 3, H, W); prompts (n, D) or (B, n, D) appended before ln_pre.
+        """images (B, 3, H, W); prompts (n, D) or (B, n, D) inserted before the pre-norm (ln_pre).
 
-        ``hook`` (block 0 sees the output of ``ln_pre``), ``after`` and ``lora``: the method's
+        ``hook`` (block 0 sees the output of the pre-norm), ``after`` and ``lora``: the method's
         additions at each block (see ``run_blocks``).
         """
         if not self.is_vit:
             if any(a is not None for a in (prompts, hook, after, lora)):
                 self.require_vit("ImageEncoder")
-            return self.visual(images.type(self.dtype))
-        x = self.tokens(images)
+            return self.tower.plain(images)
+        x, context = self.tower.embed(images)
+        own = x.shape[1]
         if prompts is not None:
-            if prompts.dim() == 2:
-                prompts = prompts.unsqueeze(0)
-            x = torch.cat([x, prompts.type(self.dtype).expand(x.shape[0], -1, -1)], dim=1)
-        x = self.visual.ln_pre(x)
-        x = run_blocks(self.visual.transformer.resblocks, x, causal=False, hook=hook, fast=self.fast, after=after,
-                       lora=lora)
-        return self.visual.ln_post(x[:, 0]) @ self.visual.proj
+            x = self.insert_prompts(x, prompts)
+        x = self.tower.pre_norm(x)
+        if context is not None:
+            context = dict(context, own=own, num_prefix=self.tower.num_prefix_tokens)
+        x = run_blocks(self.tower.blocks, x, causal=False, hook=hook, fast=self.fast, after=after, lora=lora,
+                       context=context)
+        return self.tower.pool(self.remove_prompts(x, x.shape[1] - own))
 
 
 def set_fast_paths(module, enabled):

@@ -1,9 +1,9 @@
 """Low-rank updates of CLIP's attention projections (LoRA, Hu et al. 2022).
 
-A method owns the learnable A and B matrices; the shared forward (``encoders.attention``) adds
+A method owns the learnable A and B matrices; the shared forward (``backbones.blocks``) adds
 their update to the projections it computes, and the reference path merges them into the
-weights of CLIP's own block. Projections: ``q``, ``k``, ``v`` (rows of ``in_proj_weight``) and
-``o`` (``out_proj``).
+weights of the library's own block. Projections: ``q``, ``k``, ``v`` (the query, key and value
+rows of the attention's input projection) and ``o`` (its output projection).
 """
 import math
 
@@ -46,18 +46,6 @@ class AttentionLoRA(nn.ModuleDict):
     def updated(self, name, x, y):
         """``y`` (the projection ``name`` of x) plus its low-rank update, if it has one."""
         return y + self[name](x).to(y.dtype) if name in self else y
-
-    def merged(self, attn):
-        """``attn``'s projection weights with the updates merged in, named as in CLIP's block."""
-        if self.training and any(update.dropout.p > 0 for update in self.values()):
-            raise RuntimeError("The reference path merges LoRA updates into the weights, which cannot express "
-                               "LoRA dropout during training; train with the fast paths on (the default).")
-        width = attn.embed_dim
-        rows = [self[p].weight() if p in self else attn.in_proj_weight.new_zeros(width, width) for p in "qkv"]
-        weights = {"attn.in_proj_weight": attn.in_proj_weight + torch.cat(rows).to(attn.in_proj_weight.dtype)}
-        if "o" in self:
-            weights["attn.out_proj.weight"] = attn.out_proj.weight + self["o"].weight().to(attn.out_proj.weight.dtype)
-        return weights
 
 
 class EncoderLoRA(nn.ModuleDict):

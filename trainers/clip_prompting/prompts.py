@@ -12,8 +12,10 @@ def clean_classname(name):
     return name.replace("_", " ")
 
 
-def count_bpe_tokens(text):
-    """Number of BPE tokens of ``text`` (without SOS/EOT)."""
+def count_bpe_tokens(text, tokenizer=None):
+    """Number of tokens of ``text`` (without special tokens); OpenAI's BPE unless ``tokenizer``."""
+    if tokenizer is not None:
+        return tokenizer.count(text)
     return int(tokenize([text]).argmax(dim=-1)) - 1
 
 
@@ -26,12 +28,14 @@ def init_context(text_encoder, n_ctx, ctx_init="", std=0.02, owner="TRAINER"):
     placeholder prefix "X X ... X".
     """
     ctx_init = ctx_init.replace("_", " ").strip()
-    if ctx_init and n_ctx <= count_bpe_tokens(ctx_init):
-        ids = tokenize([ctx_init])
-        ctx = text_encoder.embed(ids)[0, 1:1 + n_ctx].float().clone()
+    words = count_bpe_tokens(ctx_init, text_encoder.tokenizer) if ctx_init else 0
+    if ctx_init and n_ctx <= words:
+        ids = text_encoder.tokenize([ctx_init])
+        start = text_encoder.prompt_start
+        ctx = text_encoder.embed(ids)[0, start:start + n_ctx].float().clone()
         return ctx, ctx_init
     if ctx_init:
-        warnings.warn(f'{owner}.CTX_INIT "{ctx_init}" has {count_bpe_tokens(ctx_init)} tokens, fewer than '
+        warnings.warn(f'{owner}.CTX_INIT "{ctx_init}" has {words} tokens, fewer than '
                       f"N_CTX={n_ctx}; the context is initialised randomly instead.")
     ctx = torch.empty(n_ctx, text_encoder.width)
     nn.init.normal_(ctx, std=std)
@@ -41,7 +45,8 @@ def init_context(text_encoder, n_ctx, ctx_init="", std=0.02, owner="TRAINER"):
 class ClassPrompts(nn.Module):
     """Token buffers of ``"{prefix} {classname}."`` for every class.
 
-    ``n_ctx`` learnable rows follow SOS. ``token_prefix`` (C, 1, D) is SOS;
+    ``n_ctx`` learnable rows follow SOS; ``prefix`` is the prompt text they start as (a
+    method's learned text context, recorded in run_facts.json). ``token_prefix`` (C, 1, D) is SOS;
     ``token_suffix`` (C, 77-1-n, D) holds the class tokens, ".", EOT and padding.
     They depend on the class set, so checkpoints leave them out and they are rebuilt
     for the classes being evaluated.
@@ -50,17 +55,21 @@ class ClassPrompts(nn.Module):
     def __init__(self, text_encoder, classnames, prefix, n_ctx):
         super().__init__()
         names = [clean_classname(c) for c in classnames]
-        ids = tokenize([f"{prefix} {name}." for name in names])
+        ids = text_encoder.tokenize([f"{prefix} {name}." for name in names])
         embedding = text_encoder.embed(ids)
+        start = text_encoder.prompt_start  # context rows follow the start-of-text token, if any
         self.n_ctx = n_ctx
-        self.name_lens = [count_bpe_tokens(name) for name in names]
+        self.prefix = prefix
+        self.name_lens = [count_bpe_tokens(name, text_encoder.tokenizer) for name in names]
         self.register_buffer("tokenized_prompts", ids, persistent=False)
-        self.register_buffer("token_prefix", embedding[:, :1], persistent=False)
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:], persistent=False)
+        self.register_buffer("pool_index", text_encoder.pool_index(ids), persistent=False)
+        self.register_buffer("token_prefix", embedding[:, :start], persistent=False)
+        self.register_buffer("token_suffix", embedding[:, start + n_ctx:], persistent=False)
 
     @property
     def eot_index(self):
-        return self.tokenized_prompts.argmax(dim=-1)
+        """The position each class prompt is pooled at (its EOT token, or the tower's rule)."""
+        return self.pool_index
 
     def assemble(self, ctx):
         """Prompt embeddings (C, 77, D) with ``ctx`` (n, D), (C, n, D) in the context rows."""
@@ -71,9 +80,16 @@ class ClassPrompts(nn.Module):
         return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
 
 
+def learned_text_context(model):
+    """The ClassPrompts of ``model``'s learned text context, None when the method learns none.
+
+    Every method with learned text context builds its class prompts with ClassPrompts, so its
+    context length and prompt text are read here, the same way for all of them."""
+    return next((m for m in model.modules() if isinstance(m, ClassPrompts)), None)
+
+
 @torch.no_grad()
 def template_text_features(text_encoder, classnames, template):
     """Frozen, L2-normalised fp32 text features (C, E) of ``template.format(classname)``."""
-    device = text_encoder.token_embedding.weight.device
-    ids = tokenize([template.format(clean_classname(c)) for c in classnames]).to(device)
+    ids = text_encoder.tokenize([template.format(clean_classname(c)) for c in classnames])
     return F.normalize(text_encoder.encode_ids(ids).float(), dim=-1)

@@ -15,7 +15,10 @@ from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_pretrained_weights
 
-from .loading import load_clip_from_cfg, to_half
+from backbones import load_backbone_from_cfg
+from backbones.preprocessing import adopt_preprocessing
+
+from .prompts import learned_text_context
 
 PRECISIONS = ("fp32", "fp16", "amp")
 GPU_PRECISION_ON_CPU = "GPU_PRECISION_ON_CPU"
@@ -40,6 +43,9 @@ class PromptTuningTrainer(TrainerX):
         super().__init__(cfg)
 
     def build_data_loader(self):
+        # The backbone comes first: the data transforms use its preprocessing.
+        self.backbone = self.load_backbone()
+        adopt_preprocessing(self.cfg, self.backbone.preprocessing, self.backbone.vision.is_transformer)
         if self._given_classnames is None:
             super().build_data_loader()
             return
@@ -85,18 +91,24 @@ class PromptTuningTrainer(TrainerX):
     def learnable_module(self):
         return getattr(self.model, self.learnable_attr) if self.learnable_attr else self.model
 
-    def load_frozen_clip(self):
+    def load_backbone(self):
+        """The frozen CLIP of MODEL.BACKBONE, any family, behind the backbone interface."""
         cfg = self.cfg
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        clip_model = load_clip_from_cfg(cfg)
+        backbone = load_backbone_from_cfg(cfg)
+        self.backbone_facts = {"name": cfg.MODEL.BACKBONE.NAME, **backbone.facts()}
+        return backbone
+
+    def load_frozen_clip(self):
+        """The backbone, at this run's precision (loaded with the data, see ``build_data_loader``)."""
+        clip_model = self.backbone if getattr(self, "backbone", None) is not None else self.load_backbone()
         if self.method_cfg.PREC == "fp16" and self.precision == "fp32":
             print(f"TRAINER.{self.cfg_node}.PREC fp16 needs a GPU; running in fp32 on {self.device.type}")
         print(f"Precision: {self.precision}")  # what runs on this device, for the provenance table
         if self.precision == "fp16":
-            to_half(clip_model)  # learnable tensors stay fp32; a GradScaler guards the step
-        self.check_input_size(clip_model)
+            clip_model.to_half()  # learnable tensors stay fp32; a GradScaler guards the step
         self.scaler = None
-        self._text_feature_cache = None
+        self._text_state_cache = None
         return clip_model
 
     def build_model(self):
@@ -106,17 +118,40 @@ class PromptTuningTrainer(TrainerX):
         print("Building custom CLIP")
         self.model = self.build_custom_clip(cfg, classnames, clip_model)
         print("Turning off gradients in both the image and the text encoder")
-        module = self.learnable_module()
-        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        trainable = self.trainable_named_parameters()
         print(f"Parameters to be updated: {sorted(n for n, _ in trainable)}")
         print(f"# trainable params: {sum(p.numel() for _, p in trainable):,}")
         if cfg.MODEL.INIT_WEIGHTS:
-            load_pretrained_weights(module, cfg.MODEL.INIT_WEIGHTS)
+            load_pretrained_weights(self.learnable_module(), cfg.MODEL.INIT_WEIGHTS)
 
         self.model.to(self.device)
         self.register_learners()
         use_scaler = self.precision == "fp16" or (self.precision == "amp" and self.gpu_precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
+
+    def trainable_named_parameters(self):
+        """(name, tensor) of every trainable tensor of the learnable module: what the optimiser updates."""
+        return [(n, p) for n, p in self.learnable_module().named_parameters() if p.requires_grad]
+
+    def run_facts(self):
+        """What this run is, as data (train.py writes it to run_facts.json beside config.yaml);
+        the printed lines say the same for people and older parsers."""
+        cfg = self.cfg
+        trainable = self.trainable_named_parameters()
+        context = learned_text_context(self.model)  # None: no learned text context
+        return {
+            "backbone": cfg.MODEL.BACKBONE.NAME,
+            "family": self.backbone_facts["family"],
+            "architecture": self.backbone_facts["architecture"],
+            "trainer": cfg.TRAINER.NAME,
+            "trainable_params": sum(p.numel() for _, p in trainable),
+            "trainable_names": sorted(n for n, _ in trainable),
+            "n_ctx": None if context is None else int(context.n_ctx),
+            "prompt_text": None if context is None else context.prefix,
+            "precision": self.precision,  # what runs on this device, not what the config asks
+            "dataset": cfg.DATASET.NAME,
+            "seed": cfg.SEED,
+        }
 
     def register_learners(self):
         """Register the learnable module with its optimiser and scheduler under ``model_name``.
@@ -131,13 +166,6 @@ class PromptTuningTrainer(TrainerX):
     def build_scheduler(self, optim):
         """The LR schedule of OPTIM, stepped once per epoch (``lr_per_batch``: after every batch)."""
         return build_lr_scheduler(optim, self.cfg.OPTIM)
-
-    def check_input_size(self, clip_model):
-        size = self.cfg.INPUT.SIZE
-        clip_size = clip_model.visual.input_resolution
-        if size[0] != clip_size or size[1] != clip_size:
-            raise ValueError(f"INPUT.SIZE is {tuple(size)} but the CLIP backbone takes {clip_size}x{clip_size} "
-                             f"images; set INPUT.SIZE ({clip_size}, {clip_size}).")
 
     def autocast(self):
         if self.precision != "amp":
@@ -157,17 +185,7 @@ class PromptTuningTrainer(TrainerX):
         image, label = self.parse_batch_train(batch)
         with self.autocast():
             loss, logits = self.compute_loss(image, label)
-        if self.scaler is None:
-            self.model_backward_and_update(loss)
-        else:
-            self.detect_anomaly(loss)
-            self.model_zero_grad()
-            self.scaler.scale(loss).backward()
-            if hasattr(self, "sync_gradients"):  # multi-process runs (absent in the original engine)
-                self.sync_gradients()  # averaged before the scaler checks for inf
-            for name in self.get_model_names():
-                self.scaler.step(self._optims[name])
-            self.scaler.update()
+        self.model_backward_and_update(loss)  # the engine scales the loss with self.scaler, if any
         summary = {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
         if self.lr_per_batch or (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
@@ -176,15 +194,15 @@ class PromptTuningTrainer(TrainerX):
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
     def test(self, split=None):
-        self._text_feature_cache = None  # prompts may have changed since the last evaluation
+        self._text_state_cache = None  # prompts may have changed since the last evaluation
         return super().test(split)
 
     def model_inference(self, image):
         with self.autocast():
             if self.model.text_depends_on_image or not self.cache_text_features:
                 return self.model(image)
-            if self._text_feature_cache is None:
-                self._text_feature_cache = self.model.text_features()
-            return self.model(image, text_features=self._text_feature_cache)
+            if self._text_state_cache is None:
+                self._text_state_cache = self.model.text_state()
+            return self.model(image, text_state=self._text_state_cache)
 
-    cache_text_features = True  # benchmark switch: False recomputes text features per batch
+    cache_text_features = True  # benchmark switch: False recomputes the text state per batch
