@@ -13,6 +13,9 @@ Paper tables from everything under an output root:
     python parse_test_res.py --tables output [--table base2new] [--paper] [--seeds 1 2 3]
                              [--outlier 10] [--shots 16] [--csv tables.csv] [--latex tables.tex]
                              [--plot fig5.png]
+
+When the output root holds no runs itself, the output roots up to two levels below it are used
+(e.g. released logs laid out as <logs>/<method>/base2new/...), and named on stderr.
 """
 import argparse
 import json
@@ -46,7 +49,8 @@ def build_parser():
                         "(seed summary mode)")
     tables = parser.add_argument_group("paper tables")
     tables.add_argument("--tables", metavar="OUTPUT_ROOT",
-                        help="collect all runs under this output root and print the paper tables")
+                        help="collect all runs under this output root and print the paper tables "
+                           "(without runs of its own: the output roots up to 2 levels below it)")
     tables.add_argument("--table", action="append", metavar="NAME",
                         help="only this table: few_shot, cross_dataset, base2new, "
                              "domain_generalization (repeatable)")
@@ -102,17 +106,35 @@ def run_seed_summary(args, directory):
     return 0 if all(s.found for s in summaries) else 1
 
 
+def report_output_roots(root, roots, runs):
+    """Say which folders below ``root`` the runs came from, and which jobs more than one holds."""
+    from results.collect import repeated_runs
+
+    print(f"Note: no runs directly in {root}; using the output roots found below it: "
+          f"{', '.join(roots)}", file=sys.stderr)
+    for group in repeated_runs(runs):
+        run = group[0]
+        print(f"Warning: {run.trainer}/{run.config} {run.kind} {run.dataset} ({run.shots} shots) seed "
+              f"{run.seed} is in {len(group)} folders ({', '.join(r.path for r in group)}); the tables "
+              "count one of them. Pass the output root you mean to --tables.", file=sys.stderr)
+
+
 def run_tables(args):
-    from results.collect import collect_runs
+    from results.collect import locate_runs, no_runs_message
     from results.render import to_csv, to_latex, to_markdown
     from results.tables import (BASE2NEW_TABLE, TABLE_KEYS, TITLES, build_tables,
                                 resolve_table_name, select_seeds, table_shots)
 
     try:
         keys = [resolve_table_name(n) for n in args.table] if args.table else list(TABLE_KEYS)
-        runs = collect_runs(args.tables)
+        runs, roots = locate_runs(args.tables)
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
+    if not roots:
+        print(f"Error: {no_runs_message(args.tables)}", file=sys.stderr)
+        return 1
+    if roots != [args.tables]:
+        report_output_roots(args.tables, roots, runs)
     if args.plot and BASE2NEW_TABLE not in keys:
         keys.append(BASE2NEW_TABLE)
     if args.outlier < 0:

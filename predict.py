@@ -2,6 +2,7 @@
 
 python predict.py --model-dir OUT --load-epoch E --classnames classes.txt photos/ cat.jpg [--topk 5] [--csv F]
 python predict.py --model-dir OUT --load-epoch E --dataset-config-file configs/datasets/dtd.yaml --root DATA photos/
+python predict.py --exported model.onnx photos/           (a file written by tools/export.py)
 
 The run's settings come from OUT/config.yaml (written by train.py); its trained tensors load
 with the engine's own load_model. Checkpoints hold no class-dependent tensors, so the classes
@@ -9,6 +10,11 @@ to score can be any list: a file with one class name per line, or a dataset's cl
 DATASET.SUBSAMPLE_CLASSES as in the run, or as set with --opts). Images get the run's test
 transform and are scored in batches of DATALOADER.TEST.BATCH_SIZE, as in its evaluation.
 Predictions go to stdout, everything else to stderr.
+
+--exported FILE runs an ONNX model (onnxruntime) or a TorchScript archive written by
+tools/export.py instead of a run folder (the format is read from the file: TorchScript archives
+are zip files). The file holds its classes and preprocessing; images get the same test transform,
+rebuilt from that metadata, and are scored in batches of 32.
 """
 import argparse
 import contextlib
@@ -18,19 +24,11 @@ import os
 import sys
 from collections import Counter
 
-import dassl  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
-import torch
-
-import datasets  # noqa: F401  (registers every dataset)
-import trainers
-from dassl.data.datasets import build_dataset
-from dassl.data.transforms import build_transform
-from dassl.engine import TRAINER_REGISTRY
-from dassl.utils import atomic_write_text, read_image
-from dassl.utils.errors import UserInputError
-from datasets.verify import IMAGE_EXTENSIONS
+# torch, the datasets and the model code are imported by the functions that use them, after the
+# arguments are parsed: --help and a wrong flag answer before torch loads.
 
 RUN_CONFIG = "config.yaml"
+EXPORTED_BATCH_SIZE = 32  # images per call of an exported model
 
 
 class PredictError(Exception):
@@ -41,8 +39,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="image files, or folders searched recursively for images")
-    p.add_argument("--model-dir", "--model_dir", dest="model_dir", required=True,
-                   help="output folder of the training run")
+    p.add_argument("--model-dir", "--model_dir", dest="model_dir", default="",
+                   help="output folder of the training run (or --exported)")
+    p.add_argument("--exported", metavar="FILE", default="",
+                   help="run a model written by tools/export.py (ONNX or TorchScript) instead of a run folder; "
+                        "its classes and preprocessing come from the file")
     p.add_argument("--load-epoch", "--load_epoch", dest="load_epoch", type=int,
                    help="load model.pth.tar-N (default: model-best.pth.tar)")
     p.add_argument("--classnames", metavar="FILE", help="the classes to score, one name per line")
@@ -66,6 +67,10 @@ def run_config(args):
     if not os.path.isdir(args.model_dir):
         raise PredictError(f'--model-dir "{args.model_dir}" is not a folder; pass the output folder '
                            "of a training run (the one holding config.yaml and the checkpoint folder).")
+    from dassl.engine import TRAINER_REGISTRY  # dassl first: makes torchvision importable on CPU-only torch
+
+    import datasets  # noqa: F401  (registers every dataset)
+    import trainers
     cfg = trainers.build_cfg()
     saved = os.path.join(args.model_dir, RUN_CONFIG)
     if os.path.isfile(saved):
@@ -120,6 +125,7 @@ def read_classnames(path):
 
 def dataset_classnames(cfg):
     """The dataset's classes in label order (after DATASET.SUBSAMPLE_CLASSES)."""
+    from dassl.data.datasets import build_dataset
     cfg = cfg.clone()
     cfg.defrost()
     cfg.DATASET.NUM_SHOTS = -1  # the class list does not depend on the few-shot sample
@@ -129,6 +135,7 @@ def dataset_classnames(cfg):
 # ---------------------------------------------------------------------------------- images
 def find_images(paths):
     """Image files named directly, and those found in folders (recursively, sorted)."""
+    from datasets.verify import IMAGE_EXTENSIONS
     found = []
     for path in paths:
         if os.path.isfile(path):
@@ -147,6 +154,9 @@ def find_images(paths):
 
 
 def load_batch(paths, transform):
+    import torch
+
+    from dassl.utils import read_image
     images = []
     for path in paths:
         try:
@@ -160,24 +170,44 @@ def load_batch(paths, transform):
 # ---------------------------------------------------------------------------------- model
 def build_predictor(cfg, classnames, model_dir, load_epoch):
     """The run's trainer with its model built for ``classnames`` and the trained tensors loaded."""
+    from dassl.engine import TRAINER_REGISTRY
     trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg, classnames=classnames)
     trainer.load_model(model_dir, epoch=load_epoch)
     trainer.set_model_mode("eval")
     return trainer
 
 
-@torch.no_grad()
 def predict(trainer, paths, transform, topk):
     """[(path, [(class name, probability), ...])] with the top-k classes of each image."""
-    k = min(topk, len(trainer.classnames))
+    import torch
     batch_size = trainer.cfg.DATALOADER.TEST.BATCH_SIZE
     results = []
     for start in range(0, len(paths), batch_size):
         batch = paths[start:start + batch_size]
-        logits = trainer.model_inference(load_batch(batch, transform).to(trainer.device))
-        probs, labels = torch.softmax(logits.float(), dim=-1).topk(k, dim=-1)
-        for path, p_row, l_row in zip(batch, probs.tolist(), labels.tolist()):
-            results.append((path, [(trainer.classnames[l], p) for l, p in zip(l_row, p_row)]))
+        with torch.no_grad():
+            logits = trainer.model_inference(load_batch(batch, transform).to(trainer.device))
+        probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        results += top_classes(batch, probabilities, trainer.classnames, topk)
+    return results
+
+
+def predict_exported(model, paths, transform, topk):
+    """``predict`` for an exported file (results.export.ExportedModel)."""
+    results = []
+    for start in range(0, len(paths), EXPORTED_BATCH_SIZE):
+        batch = paths[start:start + EXPORTED_BATCH_SIZE]
+        probabilities = model.probabilities(load_batch(batch, transform).numpy())
+        results += top_classes(batch, probabilities, model.classnames, topk)
+    return results
+
+
+def top_classes(paths, probabilities, classnames, topk):
+    """[(path, [(class name, probability), ...])] from probabilities (B, C), highest first."""
+    import numpy as np
+    results = []
+    for path, row in zip(paths, probabilities):
+        order = np.argsort(-row, kind="stable")[:topk]  # ties keep the label order
+        results.append((path, [(classnames[c], float(row[c])) for c in order]))
     return results
 
 
@@ -191,21 +221,53 @@ def to_csv(results):
     return buffer.getvalue()
 
 
-def run(args):
+def check_args(args):
+    """Flag combinations, checked before anything heavy loads."""
     if args.topk < 1:
         raise PredictError(f"--topk is {args.topk}; it must be at least 1.")
-    if bool(args.classnames) == bool(args.dataset_config_file):
+    if bool(args.model_dir) == bool(args.exported):
+        raise PredictError("say what classifies the images: --model-dir RUN_DIR (a training run's output folder) "
+                           "or --exported FILE (written by tools/export.py), not both.")
+    if args.exported:
+        extra = [flag for flag, value in (("--classnames", args.classnames), ("--dataset-config-file",
+                 args.dataset_config_file), ("--load-epoch", args.load_epoch), ("--config-file", args.config_file),
+                 ("--trainer", args.trainer), ("--opts", args.opts)) if value not in (None, "", [])]
+        if extra:
+            verb = "does" if len(extra) == 1 else "do"
+            raise PredictError(f"{', '.join(extra)} {verb} not apply to --exported: the file holds its classes and "
+                               "preprocessing (export again with tools/export.py for other classes).")
+    elif bool(args.classnames) == bool(args.dataset_config_file):
         raise PredictError("say which classes to score: --classnames FILE (one name per line) or "
                            "--dataset-config-file configs/datasets/X.yaml --root DATA (not both).")
+
+
+def score_with_run(args, paths):
+    from dassl.data.transforms import build_transform
     cfg = run_config(args)
-    paths = find_images(args.images)
     # The engine's progress lines would mix with the predictions: they go to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         classnames = read_classnames(args.classnames) if args.classnames else dataset_classnames(cfg)
         trainer = build_predictor(cfg, classnames, args.model_dir, args.load_epoch)
         transform = build_transform(cfg, is_train=False)
         print(f"Scoring {len(paths)} image(s) against {len(classnames)} classes")
-    results = predict(trainer, paths, transform, args.topk)
+    return predict(trainer, paths, transform, args.topk)
+
+
+def score_with_exported(args, paths):
+    from results.export import ExportedModel
+    with contextlib.redirect_stdout(sys.stderr):
+        model = ExportedModel.load(args.exported)
+        transform = model.transform()
+        print(f"Scoring {len(paths)} image(s) against {len(model.classnames)} classes "
+              f"({model.metadata['trainer']} run exported to {args.exported})")
+    return predict_exported(model, paths, transform, args.topk)
+
+
+def run(args):
+    check_args(args)
+    from dassl.utils import atomic_write_text
+    paths = find_images(args.images)
+    results = score_with_exported(args, paths) if args.exported else score_with_run(args, paths)
     for path, top in results:
         print(f"{path}: " + ", ".join(f"{name} {prob:.2%}" for name, prob in top))
     if args.csv:
@@ -214,17 +276,23 @@ def run(args):
     return results
 
 
-# Bad input found while building (unknown key, missing weights or checkpoint, ...): one line.
-USER_ERRORS = (PredictError, UserInputError, KeyError, ValueError, FileNotFoundError, TypeError,
-               AssertionError)
+def is_user_error(exc):
+    """Bad input (flags, files, unknown key, missing weights or checkpoint, an exported file that is
+    not one, ...): reported as one line. Flag errors are told apart before torch loads."""
+    if isinstance(exc, PredictError):
+        return True
+    from dassl.utils.errors import UserInputError
+    from results.export import ExportError
+    return isinstance(exc, (ExportError, UserInputError, KeyError, ValueError, FileNotFoundError, TypeError,
+                            AssertionError))
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except USER_ERRORS as exc:
-        if os.environ.get("PREDICT_DEBUG"):
+    except Exception as exc:  # noqa: BLE001  (user errors become one line; anything else propagates)
+        if not is_user_error(exc) or os.environ.get("PREDICT_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"predict.py: error: {message}", file=sys.stderr)

@@ -27,15 +27,10 @@ demo_schedule() {  # METHOD -> the demo's settings (KEY VALUE ...); none with FU
     esac
 }
 
-show_progress() {  # a job's start and end lines, and its latest progress line rewritten in place
-    awk '/^== /        { if (open) printf "\n"; open = 0; print; fflush(); next }
-         /^epoch \[/   { printf "\r   %s", substr($0, 1, 120); open = 1; fflush(); next }'
-}
-
-run() {  # LOG COMMAND...: run one job, its full output in LOG; on failure show the end of LOG
+run() {  # LOG COMMAND...: run one job, its full output in LOG, its progress here; on failure the end of LOG
     local log="$DEMO/logs/$1.log"
     shift
-    if ! "$@" 2>&1 | tee "$log" | show_progress; then
+    if ! "$@" 2>&1 | tee "$log" | bash scripts/common/show_progress.sh; then
         echo "FAILED: $* (last lines of $log follow)" >&2
         tail -n 30 "$log" >&2
         exit 1

@@ -132,11 +132,115 @@ def _few_shot_runs(root):
                                       dataset, trainer, match.group(1), int(match.group(2)))
 
 
-def collect_runs(root):
-    """Every seed run under ``root`` in the known layouts, finished or not."""
+def _require_folder(root):
     if not os.path.isdir(root):
         raise FileNotFoundError(
             f"Output root '{root}' does not exist or is not a folder. Pass the folder the "
             "experiment scripts wrote to (their OUTPUT, by default ./output).")
-    runs = list(_base2new_runs(root)) + list(_evaluation_runs(root)) + list(_few_shot_runs(root))
-    return runs
+
+
+def _runs_at(root):
+    return list(_base2new_runs(root)) + list(_evaluation_runs(root)) + list(_few_shot_runs(root))
+
+
+def collect_runs(root):
+    """Every seed run under ``root`` in the known layouts, finished or not."""
+    _require_folder(root)
+    return _runs_at(root)
+
+
+# How far below a given folder output roots are looked for: released logs are often laid out
+# as <logs>/<method>/base2new/..., one level deeper than the scripts' OUTPUT.
+SEARCH_DEPTH = 2
+# How far below it folders named like a protocol folder are named in the message when no runs
+# are found (they may hold runs in a layout of their own).
+HINT_DEPTH = 4
+PROTOCOL_FOLDERS = ("base2new", EVALUATION)
+LAYOUTS = (
+    "base2new/{train_base,test_new}/<dataset>/shots_<K>/<trainer>/<config>/seed<S>",
+    "evaluation/<trainer>/<config>_<K>shots/<dataset>/seed<S>",
+    "<dataset>/<trainer>/<config>_<K>shots/seed<S>",
+)
+
+
+def _folders_below(root, depth, descend_into):
+    """The folders at most ``depth`` levels below ``root``, level by level; a folder is looked
+    into only if ``descend_into(folder)`` is true once its level has been yielded."""
+    level = [root]
+    for _ in range(depth):
+        level = [os.path.join(folder, name) for folder in level for name in _subdirs(folder)]
+        yield from level
+        level = [folder for folder in level if descend_into(folder)]
+
+
+def _output_roots_below(root, depth):
+    """{folder: runs} for the shallowest folders at most ``depth`` levels below ``root`` that hold
+    runs in the known layouts (the inside of such a folder is not searched again)."""
+    found = {}
+    for folder in _folders_below(root, depth, descend_into=lambda folder: folder not in found):
+        runs = _runs_at(folder)
+        if runs:
+            found[folder] = runs
+    return found
+
+
+def locate_runs(root, depth=SEARCH_DEPTH):
+    """The runs under ``root`` and the output roots they came from: ``[root]`` when ``root``
+    holds runs itself, else the folders up to ``depth`` levels below it that do (all of them,
+    e.g. one per method), else none."""
+    _require_folder(root)
+    runs = _runs_at(root)
+    if runs:
+        return runs, [root]
+    found = _output_roots_below(root, depth)
+    return [run for folder_runs in found.values() for run in folder_runs], list(found)
+
+
+def _protocol_folders_below(root, depth):
+    """Folders named base2new or evaluation at most ``depth`` levels below ``root``."""
+    return [folder for folder in _folders_below(root, depth, descend_into=_not_a_run)
+            if os.path.basename(folder) in PROTOCOL_FOLDERS]
+
+
+def _not_a_run(folder):
+    return not _SEED_RE.match(os.path.basename(folder))
+
+
+def _enclosing_output_root(root):
+    """The output root above ``root`` when ``root`` is a protocol folder (base2new, evaluation,
+    base2new/train_base, ...), else None."""
+    path = os.path.normpath(root)
+    name = os.path.basename(path)
+    if name in (TRAIN_BASE, TEST_NEW):
+        path = os.path.dirname(path)
+    elif name not in PROTOCOL_FOLDERS:
+        return None
+    return os.path.dirname(path) or "."
+
+
+def no_runs_message(root, depth=SEARCH_DEPTH):
+    """What was looked for and where, when ``locate_runs`` found nothing; and what to pass."""
+    lines = [f"no runs found in {root} nor in the folders up to {depth} levels below it. "
+             "Looked for seed folders in the experiment scripts' layouts:"]
+    lines += [f"  {layout}" for layout in LAYOUTS]
+    outer = _enclosing_output_root(root)
+    deeper = [] if outer else _protocol_folders_below(root, HINT_DEPTH)
+    if outer:
+        lines.append(f"{root} is a protocol folder itself: pass the folder that holds it, {outer}")
+    elif deeper:
+        lines.append("Protocol folders further down: " + ", ".join(deeper) + ". Pass the folder "
+                     f"that holds one of them, e.g. {os.path.dirname(deeper[0])}")
+    else:
+        lines.append("Pass the folder the experiment scripts wrote to (their OUTPUT, by default "
+                     "./output): the one that holds base2new/, evaluation/ or the dataset folders.")
+    return "\n".join(lines)
+
+
+def repeated_runs(runs):
+    """Groups of runs of the same job (protocol, dataset, method, shots, seed) found in several
+    output roots: the tables count one of each."""
+    by_job = {}
+    for run in runs:
+        key = (run.kind, run.dataset, run.trainer, run.config, run.shots, run.seed)
+        by_job.setdefault(key, []).append(run)
+    return [group for group in by_job.values() if len(group) > 1]

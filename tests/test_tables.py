@@ -278,3 +278,54 @@ def test_base_and_new_over_different_seeds_are_flagged(tmp_path):
     paired = build_tables(collect_runs(root), [BASE2NEW_TABLE], seeds=[1, 2])[BASE2NEW_TABLE]
     assert accuracy_row(paired, "DTD")["MuDPT"] == "81.00 / 51.00 / 62.59 (n=2)"
     assert not any("Mixed seeds" in n for n in paired.notes)
+
+
+def b2n_run(root, method, trainer, config, dataset, seed, base, new):
+    """One base-to-new run (train on base, test on new) in the scripts' layout under ``root``."""
+    finished(f"{root}/{method}/base2new/train_base/{dataset}/shots_16/{trainer}/{config}/seed{seed}", base)
+    log_only(f"{root}/{method}/base2new/test_new/{dataset}/shots_16/{trainer}/{config}/seed{seed}",
+             "eval_only: True\n=> result\n* accuracy: %.1f%%\n" % new)
+
+
+def test_tables_find_output_roots_one_or_two_levels_down(tmp_path, capsys):
+    logs = str(tmp_path / "logs")  # released logs: <logs>/<method>/base2new/...
+    b2n_run(logs, "coop", "CoOp", "vit_b16_ctxv1", "dtd", 1, 80.0, 50.0)
+    b2n_run(logs, "maple_runs/vit_b16", "MaPLe", "vit_b16_c2_ep5", "dtd", 1, 82.0, 60.0)
+    os.makedirs(f"{logs}/notes")  # no runs: not used
+    assert parse_test_res.main(["--tables", logs, "--table", "base2new"]) == 0
+    captured = capsys.readouterr()
+    assert "| DTD | 80.00 / 50.00 / 61.54 (n=1) | 82.00 / 60.00 / 69.30 (n=1) |" in captured.out
+    note = [line for line in captured.err.splitlines() if line.startswith("Note:")]
+    assert note == [f"Note: no runs directly in {logs}; using the output roots found below it: "
+                    f"{logs}/coop, {logs}/maple_runs/vit_b16"]
+
+
+def test_the_same_run_in_two_output_roots_is_flagged(tmp_path, capsys):
+    logs = str(tmp_path / "logs")
+    for copy in ("first", "second"):
+        b2n_run(logs, copy, "CoOp", "vit_b16_ctxv1", "dtd", 1, 80.0, 50.0)
+    assert parse_test_res.main(["--tables", logs, "--table", "base2new"]) == 0
+    err = capsys.readouterr().err
+    assert "Warning: CoOp/vit_b16_ctxv1 train_base dtd (16 shots) seed 1 is in 2 folders" in err
+    assert f"{logs}/first/base2new/train_base/dtd" in err and f"{logs}/second/base2new/train_base/dtd" in err
+
+
+def test_no_runs_says_what_was_looked_for_and_where_they_are(tmp_path, capsys):
+    logs = str(tmp_path / "logs")
+    b2n_run(f"{logs}/a/b", "c", "CoOp", "vit_b16_ctxv1", "dtd", 1, 80.0, 50.0)  # 3 levels down
+    assert parse_test_res.main(["--tables", logs]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err
+    assert err.startswith(f"Error: no runs found in {logs} nor in the folders up to 2 levels below it.")
+    assert "base2new/{train_base,test_new}/<dataset>/shots_<K>/<trainer>/<config>/seed<S>" in err
+    assert "<dataset>/<trainer>/<config>_<K>shots/seed<S>" in err
+    assert (f"Protocol folders further down: {logs}/a/b/c/base2new. Pass the folder that holds one of "
+            f"them, e.g. {logs}/a/b/c") in err
+
+    # a protocol folder passed itself: the folder above it is named
+    output = str(tmp_path / "output")
+    b2n_run(output, ".", "CoOp", "vit_b16_ctxv1", "dtd", 1, 80.0, 50.0)
+    for protocol_folder in (f"{output}/base2new", f"{output}/base2new/train_base"):
+        assert parse_test_res.main(["--tables", protocol_folder]) == 1
+        assert f"is a protocol folder itself: pass the folder that holds it, {output}" in capsys.readouterr().err

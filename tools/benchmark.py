@@ -1,15 +1,24 @@
-"""Speed and memory of each trainer with the exact fast paths on and off, measured in one run.
+"""Speed and memory of each trainer on three execution paths, measured in one run.
 
 The model is CLIP with ViT-B/16's shapes and random weights (cost does not depend on weight
-values). "fast" is the project's default: attention through scaled_dot_product_attention, text
-sequences cut after the last EOT token, CoCoOp's per-image prompts in one batched text pass, and
-text features computed once per evaluation. "off" is the straightforward implementation: CLIP's
-own blocks over all 77 tokens, one text pass per image, text features recomputed per test batch.
+values). The paths (--paths, any of them, in the table's order):
+- "off": the straightforward implementation: CLIP's own blocks over all 77 tokens, one text
+  pass per image, text features recomputed per test batch, the text pass never chunked;
+- "fast": the exact fast paths: attention through scaled_dot_product_attention, text sequences
+  cut after the last EOT token, CoCoOp's per-image prompts in one batched text pass, text
+  features computed once per evaluation; the text pass in one piece (MODEL.TEXT_CHUNK 0);
+- "chunked": the project's default: the fast paths with MODEL.TEXT_CHUNK auto (a large text
+  pass in chunks, recomputed in the backward pass, so step memory does not grow with classes).
 
 Usage: python tools/benchmark.py [--trainers CoOp CoCoOp MuDPT ...] [--train-classes 50 1000]
-                                 [--eval-classes 100 1000] [--device cpu|cuda] [--tiny]
+                                 [--eval-classes 100 1000] [--paths off fast chunked] [--memory]
+                                 [--memory-limit GIB] [--device cpu|cuda] [--tiny] [--json F]
 Each figure is the median of --repeats timed runs after one warm-up; --memory adds the peak
 memory one training step needs beyond the weights (CUDA allocator peak, or peak RSS on Linux).
+On the CPU each memory probe runs in a fresh process that may grow by --memory-limit GiB: a
+step that needs more is reported as "> N GiB" instead of being killed, and is not timed. The
+ratio columns divide the first path's figure by each other path's (for images/s the other way
+round): above 1, that path is faster or needs less memory.
 """
 import argparse
 import multiprocessing as mp
@@ -20,13 +29,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# torch and the model code are imported in the functions that use them, after the arguments are
+# parsed: --help and a wrong flag answer before torch loads.
 
-import dassl  # noqa: E402,F401  (torchvision guard)
-import torch  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-
-import trainers  # noqa: E402
-from trainers.clip_prompting import set_fast_paths, tiny_clip, vit_b16_shaped_clip  # noqa: E402
+PATHS = ("off", "fast", "chunked")
+PATH_HEADERS = {"off": "fast paths off", "fast": "fast paths on", "chunked": "chunked"}  # JSON keys too
 
 # Trainer name -> (module, model class, (config node, overrides as in its paper config))
 MODELS = {
@@ -38,6 +45,7 @@ MODELS = {
     "MMA": ("trainers.mma", "MMACLIP", ("MMA", {})),
     # no LoRA dropout: the "off" path merges LoRA into the weights, which cannot express it
     "CLIPLoRA": ("trainers.cliplora", "CLIPLoRACLIP", ("CLIPLORA", {"DROPOUT_RATE": 0.0})),
+    "MaPLe": ("trainers.maple", "MaPLeCLIP", ("MAPLE", {})),
 }
 WORDS = ["golden", "retriever", "sea", "lion", "air", "liner", "red", "maple", "tree", "sports", "car",
          "tabby", "cat", "garden", "spider", "steam", "engine", "paper", "towel", "bell", "pepper"]
@@ -49,13 +57,26 @@ def classnames(count):
             for i in range(count)]
 
 
-def build(name, num_classes, tiny, device):
+def load_runtime():
+    """Import torch and the model code (after the arguments are parsed, so that --help and a wrong
+    flag answer before torch loads; again in each spawned worker process)."""
+    global torch, trainers, clip_prompting
+    import dassl  # noqa: F401  (torchvision guard)
+    import torch
+    import trainers
+    from trainers import clip_prompting
+
+
+def build(name, num_classes, tiny, device, path):
+    """The method's model on ``path``: "off", "fast" or "chunked" (see the module's docstring)."""
     import importlib
     module, cls, overrides = MODELS[name]
     node, keys = overrides
     cfg = trainers.build_cfg(node, **keys)
-    clip_model = tiny_clip() if tiny else vit_b16_shaped_clip()
+    clip_model = clip_prompting.tiny_clip() if tiny else clip_prompting.vit_b16_shaped_clip()
     model = getattr(importlib.import_module(module), cls)(cfg, classnames(num_classes), clip_model)
+    clip_prompting.set_fast_paths(model, path != "off")
+    clip_prompting.set_text_chunk(model, None if path == "chunked" else 0)
     return model.to(device)
 
 
@@ -103,50 +124,71 @@ def eval_pass_fn(model, fast, batches, batch, device):
     return run
 
 
-def measure_train(name, classes, fast, args):
+def measure_train(name, classes, path, args):
+    """Seconds of one training step; None when it does not fit in memory."""
     device = torch.device(args.device)
-    model = build(name, classes, args.tiny, device)
-    set_fast_paths(model, fast)
-    return timed(train_step_fn(model, args.batch, device), device, args.repeats)
+    try:
+        model = build(name, classes, args.tiny, device, path)
+        return timed(train_step_fn(model, args.batch, device), device, args.repeats)
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, MemoryError) or "memory" in str(exc).lower():
+            return None
+        raise
 
 
-def measure_eval(name, classes, fast, args):
+def measure_eval(name, classes, path, args):
     device = torch.device(args.device)
-    model = build(name, classes, args.tiny, device)
-    set_fast_paths(model, fast)
-    seconds = timed(eval_pass_fn(model, fast, args.eval_batches, args.eval_batch, device), device, args.repeats)
+    model = build(name, classes, args.tiny, device, path)
+    seconds = timed(eval_pass_fn(model, path != "off", args.eval_batches, args.eval_batch, device), device,
+                    args.repeats)
     return args.eval_batches * args.eval_batch / seconds
 
 
-def peak_memory_of_step(name, classes, fast, args):
+def peak_memory_of_step(name, classes, path, args):
     """Memory (MiB) one training step adds at its peak over what was held before it (weights,
     inputs): the CUDA allocator's peak, or on CPU the peak resident memory (VmHWM, reset through
     /proc/self/clear_refs just before the step) of a fresh process, so that no memory freed by
-    an earlier measurement is reused."""
+    an earlier measurement is reused. None: the step does not fit in --memory-limit GiB."""
     if args.device != "cuda":
-        with mp.get_context("spawn").Pool(1) as pool:
-            return pool.apply(_cpu_step_peak, (name, classes, fast, args))
+        context = mp.get_context("spawn")
+        results = context.Queue()
+        worker = context.Process(target=_cpu_step_peak, args=(name, classes, path, args, results))
+        worker.start()
+        worker.join()
+        return results.get() if worker.exitcode == 0 else None  # out of memory, or killed for it
     device = torch.device("cuda")
-    model = build(name, classes, args.tiny, device)
-    set_fast_paths(model, fast)
-    step = train_step_fn(model, args.batch, device)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    step()
+    try:
+        model = build(name, classes, args.tiny, device, path)
+        step = train_step_fn(model, args.batch, device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+    except torch.cuda.OutOfMemoryError:
+        return None
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
-def _cpu_step_peak(name, classes, fast, args):
+def _cpu_step_peak(name, classes, path, args, results):
+    """The spawned worker of ``peak_memory_of_step``: it may grow by --memory-limit GiB beyond its
+    size at start; an allocation past that fails, and the worker exits with status 3."""
+    import resource
+    load_runtime()
     torch.set_num_threads(args.threads)
-    model = build(name, classes, args.tiny, torch.device("cpu"))
-    set_fast_paths(model, fast)
-    step = train_step_fn(model, args.batch, torch.device("cpu"))
-    before = _proc_status_mib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak-RSS counter to the current RSS
-    step()
-    return _proc_status_mib("VmHWM") - before
+    limit = int((_proc_status_mib("VmSize") + args.memory_limit * 1024) * 2**20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        model = build(name, classes, args.tiny, torch.device("cpu"), path)
+        step = train_step_fn(model, args.batch, torch.device("cpu"))
+        before = _proc_status_mib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak-RSS counter to the current RSS
+        step()
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, MemoryError) or "memory" in str(exc).lower():
+            sys.exit(3)
+        raise
+    results.put(_proc_status_mib("VmHWM") - before)
 
 
 def _proc_status_mib(key):
@@ -157,25 +199,38 @@ def _proc_status_mib(key):
     raise RuntimeError(f"/proc/self/status has no {key}: peak memory on CPU needs Linux")
 
 
-def ratio(slow, fast):
-    return f"{slow / fast:.2f}x"
+def ratio(value, reference):
+    return f"{value / reference:.2f}x" if value is not None and reference is not None else "-"
+
+
+def cell(value, digits, limit):
+    return f"> {limit:g} GiB" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trainers", nargs="+", default=["CoOp", "CoCoOp", "MuDPT"], choices=list(MODELS))
     p.add_argument("--train-classes", nargs="+", type=int, default=[50])
-    p.add_argument("--eval-classes", nargs="+", type=int, default=[100])
+    p.add_argument("--eval-classes", nargs="*", type=int, default=[100])
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS),
+                   help="execution paths to measure, in this order (the first is the ratios' reference)")
     p.add_argument("--batch", type=int, default=4, help="training batch size")
     p.add_argument("--eval-batch", type=int, default=32)
     p.add_argument("--eval-batches", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory", action="store_true", help="also measure peak memory of a train step")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--memory-limit", type=float, default=16.0,
+                   help="GiB a CPU memory probe may use; a step that needs more is reported as not fitting")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if torch sees a GPU, else cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own count)")
     p.add_argument("--tiny", action="store_true", help="tiny CLIP instead of ViT-B/16 shapes (smoke test)")
     p.add_argument("--json", help="also write the table (and the device) to this JSON file")
     args = p.parse_args(argv)
+    load_runtime()
+    from tabulate import tabulate
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -183,27 +238,30 @@ def main(argv=None):
         f"CPU ({platform.processor() or platform.machine()}, {args.threads} threads)"
     print(f"Model: {'tiny' if args.tiny else 'ViT-B/16-shaped'} CLIP, random weights; device: {device_name}; "
           f"torch {torch.__version__}")
-    rows = []
+    paths, limit, rows = args.paths, args.memory_limit, []
+
+    def add(name, measure, values, digits, faster_is_smaller=True):
+        """One row: the value of each path, then each path's ratio to the first one."""
+        reference = values[0]
+        ratios = [ratio(reference, v) if faster_is_smaller else ratio(v, reference) for v in values[1:]]
+        rows.append([name, measure] + [cell(v, digits, limit) for v in values] + ratios)
+        print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
+
     for name in args.trainers:
         for classes in args.train_classes:
-            off = measure_train(name, classes, False, args)
-            fast = measure_train(name, classes, True, args)
-            rows.append([name, f"train step, batch {args.batch}, {classes} classes (s)",
-                         f"{off:.3f}", f"{fast:.3f}", ratio(off, fast)])
-            print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
+            # memory first: a step that does not fit is not timed (it would not fit here either)
+            memory = [peak_memory_of_step(name, classes, path, args) for path in paths] if args.memory else None
+            fits = memory or [True] * len(paths)
+            add(name, f"train step, batch {args.batch}, {classes} classes (s)",
+                [measure_train(name, classes, path, args) if fit is not None else None
+                 for path, fit in zip(paths, fits)], 3)
             if args.memory:
-                off_mem = peak_memory_of_step(name, classes, False, args)
-                fast_mem = peak_memory_of_step(name, classes, True, args)
-                rows.append([name, "peak memory added by that step (MiB)", f"{off_mem:.0f}", f"{fast_mem:.0f}",
-                             ratio(off_mem, fast_mem)])
-                print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
+                add(name, "peak memory added by that step (MiB)", memory, 0)
         for classes in args.eval_classes:
-            off = measure_eval(name, classes, False, args)
-            fast = measure_eval(name, classes, True, args)
-            rows.append([name, f"evaluation, {classes} classes (images/s)", f"{off:.2f}", f"{fast:.2f}",
-                         ratio(fast, off)])
-            print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
-    headers = ["trainer", "measure", "fast paths off", "fast paths on", "speed-up"]
+            add(name, f"evaluation, {classes} classes (images/s)",
+                [measure_eval(name, classes, path, args) for path in paths], 2, faster_is_smaller=False)
+    headers = ["trainer", "measure"] + [PATH_HEADERS[p] for p in paths] + [
+        f"{PATH_HEADERS[p]} vs {paths[0]}" for p in paths[1:]]
     print()
     print(tabulate(rows, headers=headers, tablefmt="github"))
     if args.json:

@@ -13,11 +13,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import dassl  # noqa: E402,F401  (sets up torchvision before anything else)
-import datasets  # noqa: E402,F401  (registers the dataset classes)
-from datasets.verify import check_dataset, known_datasets, resolve_name  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -25,6 +20,12 @@ def main(argv=None):
     parser.add_argument("--dataset", nargs="+", default=None,
                         help="datasets to check (default: all); e.g. oxford_pets imagenet")
     args = parser.parse_args(argv)
+
+    # Imported once the arguments are parsed: --help and a wrong flag answer before torch loads.
+    import dassl  # noqa: F401  (sets up torchvision before anything else)
+    import datasets  # noqa: F401  (registers the dataset classes)
+    from datasets.verify import check_dataset, known_datasets, resolve_name
+    from tabulate import tabulate
 
     try:
         requested = [resolve_name(name) for name in args.dataset] if args.dataset else None

@@ -15,12 +15,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-
-import dassl  # noqa: E402,F401  (torchvision guard)
-import torch  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-
-from dassl.utils import atomic_write_text, write_json  # noqa: E402
+# torch and the project's code are imported where they are used, after the arguments are
+# parsed: --help and a wrong flag answer before torch loads.
 
 TRAINERS = {  # trainer: (config, precision key node)
     "CoOp": ("vit_b16_ep50_ctxv1", "COOP"),
@@ -88,6 +84,8 @@ def training(work, device_env):
 
 def two_processes(work, device_env):
     """torchrun with 2 processes against one process: same weights within 1e-6."""
+    import torch
+
     if torch.cuda.device_count() < 2:
         return {"check": "torchrun, 2 processes", "ok": None, "seconds": 0,
                 "detail": f"skipped: {torch.cuda.device_count()} GPU(s)"}
@@ -123,6 +121,12 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="tiny settings (to check this script on a CPU)")
     args = p.parse_args(argv)
+    import dassl  # noqa: F401  (torchvision guard)
+    import torch
+    from tabulate import tabulate
+
+    from dassl.utils import atomic_write_text, write_json
+
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: torch sees no CUDA GPU")
     os.makedirs(args.report_dir, exist_ok=True)

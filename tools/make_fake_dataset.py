@@ -9,16 +9,20 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
-import dassl  # noqa: E402,F401  (sets up torchvision before anything else)
-from datasets.fake import FAKE_DATASET_NAMES, make_fake_dataset  # noqa: E402
+
+def dataset_config_names():
+    """The file stems of configs/datasets/*.yaml, read from the folder (no torch needed)."""
+    folder = os.path.join(REPO, "configs", "datasets")
+    return sorted(name[:-len(".yaml")] for name in os.listdir(folder) if name.endswith(".yaml"))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, nargs="+", metavar="NAME",
-                        help=f"one or more of: {', '.join(FAKE_DATASET_NAMES)}, or 'all'")
+                        help=f"one or more of: {', '.join(dataset_config_names())}, or 'all'")
     parser.add_argument("--root", required=True, help="the data root (DATASET.ROOT)")
     parser.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
     parser.add_argument("--images-per-class", type=int, default=8,
@@ -27,6 +31,10 @@ def main(argv=None):
     parser.add_argument("--no-split", action="store_true",
                         help="leave out the split JSON, so the dataset class must create it")
     args = parser.parse_args(argv)
+
+    # Imported once the arguments are parsed: --help and a wrong flag answer before torch loads.
+    import dassl  # noqa: F401  (sets up torchvision before anything else)
+    from datasets.fake import FAKE_DATASET_NAMES, make_fake_dataset
 
     names = FAKE_DATASET_NAMES if args.dataset == ["all"] else args.dataset
     for name in names:

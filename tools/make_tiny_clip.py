@@ -17,17 +17,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
-from backbones.tiny_models import BACKBONE_NAMES, FAMILIES, write_tiny_model  # noqa: E402
-from dassl.utils import atomic_write_bytes  # noqa: E402
-from trainers.clip_prompting.loading import tiny_clip  # noqa: E402
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", help="file (openai) or folder (other families) to write")
-    parser.add_argument("--family", choices=FAMILIES, default="openai")
+    parser.add_argument("--family", default="openai", help="one of the families named above (default: openai)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--layers", type=int, default=12, help="layers in each tower")
     parser.add_argument("--width", type=int, default=64, help="width of both towers (multiple of 64)")
@@ -35,6 +29,16 @@ def main(argv=None):
     parser.add_argument("--embed-dim", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+
+    # Imported once the arguments are parsed: --help and a wrong flag answer before torch loads.
+    import torch
+
+    from backbones.tiny_models import BACKBONE_NAMES, FAMILIES, write_tiny_model
+    from dassl.utils import atomic_write_bytes
+    from trainers.clip_prompting.loading import tiny_clip
+
+    if args.family not in FAMILIES:
+        parser.error(f"--family {args.family}: unknown family; choose one of {', '.join(FAMILIES)}")
     if args.family != "openai":
         name = write_tiny_model(args.output, args.family, args.seed)
         print(f"Wrote a random {args.family} CLIP (width 64, 12+12 layers, 224 px) to {args.output}; load it with "

@@ -21,18 +21,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import dassl  # noqa: E402,F401  (sets up torchvision before anything else)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize, ToTensor  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from dassl.utils import atomic_write_bytes  # noqa: E402
-from datasets.synthetic import world  # noqa: E402
-from trainers.clip_prompting.encoders import ImageEncoder, TextEncoder  # noqa: E402
-from trainers.clip_prompting.loading import build_clip, tokenize  # noqa: E402
+# torch, torchvision, the synthetic world (its package loads torch) and the model code are
+# imported in the functions that use them, after the arguments are parsed: --help and a wrong
+# flag answer before torch loads.
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the INPUT.PIXEL_MEAN/STD of every CLIP config
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -41,6 +32,9 @@ ZERO_SHOT_TEMPLATE = "a photo of a {}."  # ZeroshotCLIP's template for datasets 
 
 def clip_transform(size):
     """The configs' test transform for an image already square: bicubic resize, tensor, normalise."""
+    import dassl  # noqa: F401  (sets up torchvision before anything else)
+    from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize, ToTensor
+
     return Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), ToTensor(),
                     Normalize(CLIP_MEAN, CLIP_STD)])
 
@@ -48,10 +42,13 @@ def clip_transform(size):
 class PairStream:
     """An endless, seeded stream of (images, token ids) batches from the synthetic world."""
 
-    def __init__(self, seed, batch_size, image_size, domain=world.PRETRAIN):
+    def __init__(self, seed, batch_size, image_size, domain=None):
+        import numpy as np
+        from datasets.synthetic import world
+
         self.rng = np.random.default_rng(seed)
         self.batch_size = batch_size
-        self.domain = domain
+        self.domain = world.PRETRAIN if domain is None else domain
         self.transform = clip_transform(image_size)
         self.classes = world.class_names()
 
@@ -64,6 +61,10 @@ class PairStream:
         return picks
 
     def __next__(self):
+        import torch
+        from datasets.synthetic import world
+        from trainers.clip_prompting.loading import tokenize
+
         images, captions = [], []
         for index in self.next_classes():
             colour, shape = world.parse_class_name(self.classes[index])
@@ -80,6 +81,10 @@ class MiniClipTrainer:
     """The model, its two encoders (the project's shared forward), the optimiser and one step."""
 
     def __init__(self, args):
+        import torch
+        from trainers.clip_prompting.encoders import ImageEncoder, TextEncoder
+        from trainers.clip_prompting.loading import build_clip
+
         torch.manual_seed(args.seed)
         self.model = build_clip(args.embed_dim, args.image_size, args.layers, args.width, args.patch_size,
                                 transformer_width=args.width, transformer_layers=args.layers).train()
@@ -104,6 +109,9 @@ class MiniClipTrainer:
         return self.text(self.model.token_embedding(ids), ids.argmax(dim=-1))
 
     def loss(self, images, ids):
+        import torch
+        import torch.nn.functional as F
+
         image_features = F.normalize(self.image(images), dim=-1)
         text_features = F.normalize(self.encode_text(ids), dim=-1)
         logits = self.model.logit_scale.exp().clamp(max=100) * image_features @ text_features.t()
@@ -111,6 +119,8 @@ class MiniClipTrainer:
         return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
     def step(self, step, images, ids):
+        import torch
+
         for group in self.optim.param_groups:
             group["lr"] = self.lr_at(step)
         loss = self.loss(images, ids)
@@ -125,6 +135,10 @@ class MiniClipTrainer:
 
 def evaluation_set(seed, per_class, image_size, domain):
     """``per_class`` images of every class in ``domain``: (images, labels)."""
+    import numpy as np
+    import torch
+    from datasets.synthetic import world
+
     rng = np.random.default_rng(seed)
     transform = clip_transform(image_size)
     images, labels = [], []
@@ -136,13 +150,18 @@ def evaluation_set(seed, per_class, image_size, domain):
     return torch.stack(images), torch.tensor(labels)
 
 
-@torch.no_grad()
 def zero_shot(trainer, images, labels, batch_size=128):
     """Accuracy (%) over the classes, and over colour and shape alone, with ZeroshotCLIP's template."""
+    import torch
+    import torch.nn.functional as F
+    from datasets.synthetic import world
+    from trainers.clip_prompting.loading import tokenize
+
     names = world.class_names()
-    text = F.normalize(trainer.encode_text(tokenize([ZERO_SHOT_TEMPLATE.format(n) for n in names])), dim=-1)
-    predictions = torch.cat([(F.normalize(trainer.image(images[i:i + batch_size]), dim=-1) @ text.t()).argmax(1)
-                             for i in range(0, len(images), batch_size)])
+    with torch.no_grad():
+        text = F.normalize(trainer.encode_text(tokenize([ZERO_SHOT_TEMPLATE.format(n) for n in names])), dim=-1)
+        predictions = torch.cat([(F.normalize(trainer.image(images[i:i + batch_size]), dim=-1) @ text.t()).argmax(1)
+                                 for i in range(0, len(images), batch_size)])
     n_shapes = len(world.SHAPES)
     return {
         "class": 100.0 * (predictions == labels).float().mean().item(),
@@ -159,6 +178,12 @@ def fp16_state_dict(model):
 
 def pretrain(args, log=print):
     """Train as the arguments say; returns the trainer and the per-step losses."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from datasets.synthetic import world
+
     torch.set_num_threads(args.threads)
     trainer = MiniClipTrainer(args)
     stream = PairStream(args.seed, args.batch_size, args.image_size)
@@ -204,7 +229,8 @@ def parse_args(argv=None):
     parser.add_argument("--eval-every", type=int, default=0,
                         help="report zero-shot accuracy every N steps and at the end (0: never)")
     parser.add_argument("--eval-per-class", type=int, default=4)
-    parser.add_argument("--eval-domains", nargs="+", default=list(world.DOMAINS), choices=list(world.DOMAINS))
+    parser.add_argument("--eval-domains", nargs="+", metavar="DOMAIN",
+                        help="domains of the synthetic world to evaluate on (default: all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.width % 64:
@@ -213,11 +239,23 @@ def parse_args(argv=None):
         parser.error(f"--image-size {args.image_size} is not a multiple of --patch-size {args.patch_size}")
     if args.steps < 1 or args.batch_size < 2:
         parser.error("--steps must be at least 1 and --batch-size at least 2")
+    import dassl  # noqa: F401  (sets up torchvision before anything else)
+    from datasets.synthetic import world
+
+    unknown = sorted(set(args.eval_domains or ()) - set(world.DOMAINS))
+    if unknown:
+        parser.error(f"--eval-domains: unknown {', '.join(unknown)}; choose from {', '.join(world.DOMAINS)}")
+    args.eval_domains = args.eval_domains or list(world.DOMAINS)
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    import numpy as np
+    import torch
+
+    from dassl.utils import atomic_write_bytes
+
     start = time.time()
     trainer, losses = pretrain(args)
     state = fp16_state_dict(trainer.model)

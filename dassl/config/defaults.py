@@ -13,6 +13,7 @@ PROJECT_KEYS = (
     "DATASET.SUBSAMPLE_CLASSES",   # base-to-new protocol (CoOp's extend_cfg adds it too)
     "DATASET.TAG",                 # the name of an own ImageFolder dataset in output paths
     "DATALOADER.SKIP_BAD_IMAGES",  # leave unreadable images out instead of stopping
+    "MODEL.TEXT_CHUNK",            # the text pass in chunks, for large class counts
 )
 
 _C = CN()
@@ -92,6 +93,9 @@ _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.NAME = ""
 _C.MODEL.BACKBONE.PRETRAINED = True
 _C.MODEL.BACKBONE.PATH = ""  # local CLIP weights file; empty means the CLIP cache
+# The text pass in chunks with recomputation, so step memory does not grow with the class count:
+# None / auto (chunk passes of more than 4096 tokens), 0 (off) or N class prompts per chunk.
+_C.MODEL.TEXT_CHUNK = None
 _C.MODEL.HEAD = CN()
 _C.MODEL.HEAD.NAME = ""
 _C.MODEL.HEAD.HIDDEN_LAYERS = ()

@@ -17,6 +17,7 @@ Two execution paths compute the same function:
 """
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from backbones import as_backbone
 from backbones.blocks import BlockStack, MultiheadAttentionBlocks
@@ -32,17 +33,53 @@ def splice(x, tokens, start):
     return torch.cat([x[:, :start], tokens, x[:, start + n:]], dim=1)
 
 
-def deep_prompt_hook(prompts, start):
-    """Hook that overwrites ``n`` rows from ``start`` with ``prompts[i-1]`` before block i >= 1.
+class DeepPromptHook:
+    """Overwrites ``n`` rows from ``start`` with ``prompts[i-1]`` before block i >= 1.
 
     ``prompts`` holds one entry per deep block (block 1 first): (n, D) shared by the batch,
     or (N, n, D) per sequence. Blocks past ``len(prompts)`` run unchanged.
     """
-    def hook(index, x):
-        if 1 <= index <= len(prompts):
-            x = splice(x, prompts[index - 1], start)
+
+    def __init__(self, prompts, start):
+        self.prompts, self.start = prompts, start
+
+    def __call__(self, index, x):
+        if 1 <= index <= len(self.prompts):
+            x = splice(x, self.prompts[index - 1], self.start)
         return x
-    return hook
+
+    def rows(self, selection):
+        """The hook for the sequences ``selection`` (a slice) of the pass: a chunk of it."""
+        return DeepPromptHook([p[selection] if p.dim() == 3 else p for p in self.prompts], self.start)
+
+
+def deep_prompt_hook(prompts, start):
+    return DeepPromptHook(prompts, start)
+
+
+# The text pass in chunks (MODEL.TEXT_CHUNK): "auto" chunks a pass of more than AUTO_THRESHOLD
+# tokens (sequences x length) into chunks of about CHUNK_TOKENS tokens; 0 never chunks; N chunks
+# N sequences at a time. With gradients on, each chunk keeps only its pooled features and is
+# recomputed in the backward pass, so activation memory follows the chunk, not the class count.
+CHUNK_TOKENS = 1024
+AUTO_THRESHOLD = 4096
+
+
+def check_text_chunk(value):
+    """MODEL.TEXT_CHUNK as the encoders take it: None (auto), 0 (off) or a positive chunk size."""
+    if value in (None, "auto"):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f'MODEL.TEXT_CHUNK is {value!r}; use auto (the default), 0 (never chunk the text pass) or a '
+                     "positive number of class prompts per chunk.")
+
+
+def chunk_rows(setting, rows, length):
+    """Sequences per chunk for a pass of ``rows`` sequences of ``length`` tokens; None: one pass."""
+    if setting is None:
+        return max(1, CHUNK_TOKENS // length) if rows * length > AUTO_THRESHOLD else None
+    return setting if 0 < setting < rows else None
 
 
 def run_blocks(blocks, x, causal, hook=None, fast=True, after=None, lora=None, context=None, start=0, stop=None):
@@ -85,6 +122,8 @@ class TextEncoder(TowerParts, nn.Module):
         self.tower = backbone.text
         self.tokenizer = backbone.tokenizer
         self.fast = True
+        self.chunk = None  # MODEL.TEXT_CHUNK: None auto, 0 off, N sequences per chunk
+        self.chunk_logged = False
 
     @property
     def dtype(self):
@@ -135,7 +174,31 @@ class TextEncoder(TowerParts, nn.Module):
         """embeddings (C, L, D) prompt-token embeddings; eot_index (C,) the pooled positions.
 
         ``hook``, ``after`` and ``lora``: the method's additions at each block (see ``run_blocks``).
+        A long pass runs in chunks of sequences (``self.chunk``); hooks with per-sequence prompts
+        are cut to each chunk (``hook.rows``), adapters and LoRA act per sequence anyway.
         """
+        rows = embeddings.shape[0]
+        length = int(eot_index.max()) + 1 if self.fast and self.tower.causal else embeddings.shape[1]
+        size = chunk_rows(self.chunk, rows, length)
+        if size is None or (hook is not None and not hasattr(hook, "rows")):
+            return self.text_pass(embeddings, eot_index, hook, after, lora)
+        if not self.chunk_logged and torch.is_grad_enabled():
+            self.chunk_logged = True
+            print(f"Text pass in chunks: {rows} sequences of {length} tokens, {size} per chunk, recomputed in the "
+                  "backward pass")
+        features = []
+        # split, not slices: the chunks' gradients meet in one (C, L, D) tensor, not one per chunk
+        for start, chunk, eot in zip(range(0, rows, size), embeddings.split(size), eot_index.split(size)):
+            chunk_hook = None if hook is None else hook.rows(slice(start, start + size))
+            args = (chunk, eot, chunk_hook, after, lora)
+            if torch.is_grad_enabled():  # keep the pooled features only; recompute in backward
+                features.append(checkpoint(self.text_pass, *args, use_reentrant=False, preserve_rng_state=True))
+            else:
+                features.append(self.text_pass(*args))
+        return torch.cat(features)
+
+    def text_pass(self, embeddings, eot_index, hook=None, after=None, lora=None):
+        """One pass of the text tower over all the given sequences."""
         tower = self.tower
         length = int(eot_index.max()) + 1 if self.fast and tower.causal else embeddings.shape[1]
         x = self.positioned(embeddings[:, :length])
@@ -238,6 +301,20 @@ class ImageEncoder(TowerParts, nn.Module):
         x = run_blocks(self.tower.blocks, x, causal=False, hook=hook, fast=self.fast, after=after, lora=lora,
                        context=context)
         return self.tower.pool(self.remove_prompts(x, x.shape[1] - own))
+
+
+def set_text_chunk(module, setting):
+    """Set MODEL.TEXT_CHUNK (None: auto, 0: off, N) on every text encoder inside ``module``."""
+    for sub in module.modules():
+        if isinstance(sub, TextEncoder):
+            sub.chunk = setting
+
+
+def describe_text_chunk(setting):
+    if setting is None:
+        return (f"auto (one pass up to {AUTO_THRESHOLD} tokens, sequences x length; above, chunks of about "
+                f"{CHUNK_TOKENS} tokens recomputed in the backward pass)")
+    return "off (one pass)" if setting == 0 else f"chunks of {setting} sequences, recomputed in the backward pass"
 
 
 def set_fast_paths(module, enabled):

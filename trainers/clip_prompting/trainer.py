@@ -18,6 +18,7 @@ from dassl.utils import load_pretrained_weights
 from backbones import load_backbone_from_cfg
 from backbones.preprocessing import adopt_preprocessing
 
+from .encoders import check_text_chunk, describe_text_chunk, set_text_chunk
 from .prompts import learned_text_context
 
 PRECISIONS = ("fp32", "fp16", "amp")
@@ -117,6 +118,9 @@ class PromptTuningTrainer(TrainerX):
         clip_model = self.load_frozen_clip()
         print("Building custom CLIP")
         self.model = self.build_custom_clip(cfg, classnames, clip_model)
+        chunk = check_text_chunk(cfg.MODEL.get("TEXT_CHUNK", None))  # a key the original engine lacks
+        set_text_chunk(self.model, chunk)
+        print(f"Text pass: MODEL.TEXT_CHUNK {describe_text_chunk(chunk)}")
         print("Turning off gradients in both the image and the text encoder")
         trainable = self.trainable_named_parameters()
         print(f"Parameters to be updated: {sorted(n for n, _ in trainable)}")
