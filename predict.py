@@ -287,16 +287,25 @@ def is_user_error(exc):
                             AssertionError))
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def report_user_errors(tool, action, args):
+    """``action(args)``; a user error (bad file, folder, option) becomes one line on stderr and exit
+    code 2, anything else propagates. ``<TOOL>_DEBUG=1`` shows the traceback of user errors too."""
+    debug = f"{tool.upper()}_DEBUG"
     try:
-        run(args)
-    except Exception as exc:  # noqa: BLE001  (user errors become one line; anything else propagates)
-        if not is_user_error(exc) or os.environ.get("PREDICT_DEBUG"):
+        action(args)
+    except Exception as exc:  # noqa: BLE001
+        if not is_user_error(exc) or os.environ.get(debug):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"predict.py: error: {message}", file=sys.stderr)
-        print("(set PREDICT_DEBUG=1 for the full traceback)", file=sys.stderr)
+        print(f"{tool}.py: error: {message}", file=sys.stderr)
+        print(f"(set {debug}=1 for the full traceback)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if report_user_errors("predict", run, args):
         sys.exit(2)
 
 

@@ -35,7 +35,7 @@ from open_clip.transformer import VisionTransformer as OpenCLIPViT  # noqa: E402
 from . import tiny_timm  # noqa: E402,F401  (registers the small test towers with timm)
 from .blocks import MultiheadAttentionBlocks, TimmBlocks  # noqa: E402
 from .interface import Backbone, Preprocessing, TextTower, Tokenizer, VisionTower  # noqa: E402
-from .openai import ClipWeightsError, ClipWeightsNotFound  # noqa: E402
+from .openai import ClipWeightsError, ClipWeightsNotFound, OpenAIVisionTower  # noqa: E402
 
 CONFIG_FILE = "open_clip_config.json"
 
@@ -100,29 +100,17 @@ class OpenCLIPTextTower(TextTower):
         return x @ projection
 
 
-class OpenCLIPVisionTower(VisionTower):
-    """OpenCLIP's own ViT: CLS + patches, LayerScale blocks, its pooling and projection."""
+class OpenCLIPVisionTower(OpenAIVisionTower):
+    """OpenCLIP's own ViT: OpenAI's patch embedding and CLS token, LayerScale blocks (batch-first),
+    OpenCLIP's pooling (CLS or average, ``final_ln_after_pool``, attention pool) and projection."""
 
     def __init__(self, visual):
-        super().__init__()
         if not all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks):
             raise UnsupportedBackbone("This OpenCLIP image tower uses custom attention blocks; only the standard "
                                       "blocks are supported.")
-        self.visual = visual
-        self.pre_norm = visual.ln_pre
+        super().__init__(visual)
         self.blocks = MultiheadAttentionBlocks(visual.transformer.resblocks,
                                                sequence_first=not visual.transformer.batch_first)
-        self.width = visual.conv1.weight.shape[0]
-
-    @property
-    def dtype(self):
-        return self.visual.conv1.weight.dtype
-
-    def embed(self, images):
-        v = self.visual
-        x = v.conv1(images.type(self.dtype)).flatten(2).transpose(1, 2)
-        cls = v.class_embedding.type(self.dtype).expand(x.shape[0], 1, -1)
-        return torch.cat([cls, x], dim=1) + v.positional_embedding.type(self.dtype), None
 
     def pool(self, x):
         pooled, _ = self.visual._pool(x)

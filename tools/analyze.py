@@ -100,16 +100,7 @@ def analyze(args):
 def main(argv=None):
     args = parse_args(argv)
     import predict
-    try:
-        analyze(args)
-    except Exception as exc:  # noqa: BLE001  (user errors become one line; anything else propagates)
-        if not predict.is_user_error(exc) or os.environ.get("ANALYZE_DEBUG"):
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"analyze.py: error: {message}", file=sys.stderr)
-        print("(set ANALYZE_DEBUG=1 for the full traceback)", file=sys.stderr)
-        return 2
-    return 0
+    return predict.report_user_errors("analyze", analyze, args)
 
 
 if __name__ == "__main__":

@@ -65,16 +65,7 @@ def export(args):
 def main(argv=None):
     args = parse_args(argv)
     import predict
-    try:
-        export(args)
-    except Exception as exc:  # noqa: BLE001  (user errors become one line; anything else propagates)
-        if not predict.is_user_error(exc) or os.environ.get("EXPORT_DEBUG"):
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"export.py: error: {message}", file=sys.stderr)
-        print("(set EXPORT_DEBUG=1 for the full traceback)", file=sys.stderr)
-        return 2
-    return 0
+    return predict.report_user_errors("export", export, args)
 
 
 if __name__ == "__main__":
