@@ -88,14 +88,7 @@ class MultiheadAttentionBlocks(BlockStack):
         return x + (y if ls_2 is None else ls_2(y))
 
     def reference(self, block, x, causal, lora=None):
-        weights = {}
-        if lora is not None:
-            attn = block.attn
-            width = attn.embed_dim
-            names = {p: ("attn.in_proj_weight", i * width) for i, p in enumerate("qkv")}
-            names["o"] = ("attn.out_proj.weight", 0)
-            weights = merged_weights(lora, names, {"attn.in_proj_weight": attn.in_proj_weight,
-                                                   "attn.out_proj.weight": attn.out_proj.weight})
+        weights = {} if lora is None else self.lora_weights(block.attn, lora)
         if self.sequence_first:  # OpenAI's block keeps its own 77x77 mask
             x = x.transpose(0, 1)
             x = block(x) if lora is None else functional_call(block, weights, (x,))
@@ -104,6 +97,15 @@ class MultiheadAttentionBlocks(BlockStack):
         if causal:
             kwargs["attn_mask"] = self.mask[:x.shape[1], :x.shape[1]]
         return block(x, **kwargs) if lora is None else functional_call(block, weights, (x,), kwargs)
+
+    @staticmethod
+    def lora_weights(attn, lora):
+        """The block's attention weights with ``lora`` merged in, by parameter name."""
+        width = attn.embed_dim
+        names = {p: ("attn.in_proj_weight", i * width) for i, p in enumerate("qkv")}
+        names["o"] = ("attn.out_proj.weight", 0)
+        return merged_weights(lora, names, {"attn.in_proj_weight": attn.in_proj_weight,
+                                            "attn.out_proj.weight": attn.out_proj.weight})
 
     def norm1(self, index):
         return self.blocks[index].ln_1
@@ -137,6 +139,7 @@ class TimmBlocks(BlockStack):
 
     @staticmethod
     def lora_weights(attn, lora):
+        """The block's attention weights with ``lora`` merged in, by parameter name."""
         if getattr(attn, "qkv", None) is not None:
             width = attn.qkv.weight.shape[0] // 3
             names = {p: ("attn.qkv.weight", i * width) for i, p in enumerate("qkv")}

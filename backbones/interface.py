@@ -30,8 +30,6 @@ class Tokenizer:
     prompt's learnable context takes the rows right after them.
     """
 
-    prefix_length = 1
-
     def __init__(self, encode, count, context_length, prefix_length=1):
         self.encode, self.count_fn = encode, count
         self.context_length, self.prefix_length = context_length, prefix_length
