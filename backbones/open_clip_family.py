@@ -70,8 +70,10 @@ class OpenCLIPTextTower(TextTower):
         self.text_projection = text.text_projection
         mask = text.attn_mask
         self.causal = mask is not None
-        self.pool_type = getattr(text, "pool_type", None) or getattr(model, "text_pool_type", "argmax")
-        self.eos_id = getattr(text, "eos_id", None) if text is not model else getattr(model, "text_eos_id", None)
+        if text is model:  # a plain CLIP keeps its text settings under these names
+            self.pool_type, self.eos_id = model.text_pool_type, model.text_eos_id
+        else:
+            self.pool_type, self.eos_id = text.pool_type, text.eos_id
         self.blocks = MultiheadAttentionBlocks(self.transformer.resblocks,
                                                sequence_first=not self.transformer.batch_first, mask=mask)
 

@@ -6,10 +6,12 @@ width 64 in each tower, so the shipped configs (prompt depths up to 12) run on t
 """
 import json
 import os
+import secrets
 import shutil
-import tempfile
 
 import torch
+
+from .interface import CLIP_MEAN, CLIP_STD
 
 FAMILIES = ("openai", "openclip", "siglip", "eva", "pe", "hf")
 WIDTH, LAYERS = 64, 12
@@ -84,8 +86,9 @@ def write_tiny_model(output, family, seed=0):
         model = tiny_clip(seed=seed)
         atomic_write_bytes(output, lambda f: torch.save(model.state_dict(), f))
         return BACKBONE_NAMES[family]
-    staging = tempfile.mkdtemp(prefix=".tiny-", dir=parent)  # written whole, then moved into place
-    os.chmod(staging, 0o777 & ~current_umask())
+    # written whole, then moved into place; os.mkdir gives the umask's permissions (mkdtemp's are private)
+    staging = os.path.join(parent, f".{os.path.basename(output)}.{secrets.token_hex(6)}.tmp")
+    os.mkdir(staging)
     try:
         if family == "hf":
             build_hf_clip(seed).save_pretrained(staging, safe_serialization=True)
@@ -109,8 +112,7 @@ def write_open_clip_folder(folder, family, seed):
     model = build_open_clip(family, seed)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(folder, "open_clip_model.safetensors"))
-    preprocess = dict({"size": 224, "mean": (0.48145466, 0.4578275, 0.40821073),
-                       "std": (0.26862954, 0.26130258, 0.27577711), "interpolation": "bicubic"}, **preprocess)
+    preprocess = dict({"size": 224, "mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bicubic"}, **preprocess)
     with open(os.path.join(folder, "open_clip_config.json"), "w") as handle:
         json.dump({"model_cfg": config, "preprocess_cfg": preprocess}, handle, indent=2)
 

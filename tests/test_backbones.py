@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import trainers
 from backbones import as_backbone, load_backbone
-from backbones.tiny_models import BACKBONE_NAMES, build_hf_clip, build_open_clip, write_tiny_model
+from backbones.tiny_models import BACKBONE_NAMES, build_hf_clip, build_open_clip, current_umask, write_tiny_model
 from trainers.clip_prompting import EncoderLoRA, ImageEncoder, TextEncoder, deep_prompt_hook, set_fast_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,12 +140,7 @@ def test_make_tiny_clip_prints_the_backbone_name_last(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == f"MODEL.BACKBONE.NAME {BACKBONE_NAMES['eva']}"
     assert sorted(os.listdir(out)) == ["open_clip_config.json", "open_clip_model.safetensors"]
     assert oct(os.stat(out / "open_clip_model.safetensors").st_mode & 0o777) == oct(0o666 & ~current_umask())
-
-
-def current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    assert oct(os.stat(out).st_mode & 0o777) == oct(0o777 & ~current_umask())
 
 
 # -- every method on every family ------------------------------------------------------------
