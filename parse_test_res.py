@@ -77,11 +77,14 @@ def fail(message):
 
 
 def run_seed_summary(args, directory):
-    from results.seeds import summarise_directory, summarise_experiments
+    from results.seeds import layout_problem, summarise_directory, summarise_experiments
 
     if not os.path.isdir(directory):
         fail(f"'{directory}' is not a folder. Pass the folder that holds the seed folders "
              "(e.g. .../MuDPT/vit_b16_bz4_ep10_nctx4_depth12, containing seed1, seed2, seed3).")
+    problem = layout_problem(directory, args.multi_exp)
+    if problem:
+        fail(problem)
     signals = end_signals(args.test_log)
     if args.multi_exp:
         summaries = summarise_experiments(directory, args.keyword, signals, args.ci95)

@@ -4,7 +4,8 @@
 # (assets/mini_clip.pt) for zero-shot CLIP, CoOp, CoCoOp and MuDPT through the real scripts, and
 # print Table III. The benchmark is generated into $DEMO/data on first use.
 # Environment: DEMO (work folder, default ./demo), SEEDS (default "1"),
-#              METHODS (default "zsclip coop cocoop mudpt"), FULL=1 (the configs' own schedules).
+#              METHODS (default "zsclip coop cocoop mudpt"; any folder of scripts/), FULL=1 (the configs'
+#              own schedules).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 bash tools/setup_env.sh
@@ -24,6 +25,8 @@ demo_schedule() {  # METHOD -> the demo's settings (KEY VALUE ...); none with FU
         coop) echo "$whole OPTIM.MAX_EPOCH 20 OPTIM.LR 0.005" ;;   # config: 200 epochs at LR 0.002
         cocoop) echo "$whole OPTIM.MAX_EPOCH 2 OPTIM.LR 0.005" ;; # config: 10 epochs at LR 0.002
         mudpt) echo "$whole OPTIM.MAX_EPOCH 3" ;;                 # config: 10 epochs
+        mmrl) echo "$whole OPTIM.MAX_EPOCH 2 OPTIM.LR 0.005" ;;   # config: 10 epochs at LR 0.001
+        hicropl) echo "$whole OPTIM.MAX_EPOCH 2 OPTIM.LR 0.01 TRAINER.HICROPL.N_CTX 4" ;;  # 50 epochs, 16 tokens
     esac
 }
 

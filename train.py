@@ -10,6 +10,7 @@ torchrun --nproc_per_node N train.py ... runs the same command on N processes (o
 import argparse
 import os
 import re
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -172,12 +173,15 @@ def build_run(cfg, args):
 
     import datasets  # noqa: F401  (registers every dataset)
     from dassl.engine import build_trainer
-    from dassl.engine.run_identity import check_identity, identity_from_output_folder, run_identity
+    from dassl.engine.run_identity import (check_identity, check_model_data, identity_from_output_folder,
+                                           run_identity)
     from dassl.utils import (atomic_write_text, collect_env_info, set_deterministic, set_random_seed,
                              setup_logger)
     from dassl.utils.distributed import is_main_process
 
     folder = f'The output folder "{cfg.OUTPUT_DIR}"'
+    # The settings as given: the trainer may yet replace stock preprocessing values with the backbone's.
+    settings = run_identity(cfg, args.config_file)["settings"]
     if is_main_process():
         # Before anything is written: the folder must not hold another run.
         check_identity(identity_from_output_folder(cfg.OUTPUT_DIR), run_identity(cfg, args.config_file),
@@ -199,13 +203,16 @@ def build_run(cfg, args):
     print("Collecting env info ...")
     print(f"** System info **\n{collect_env_info()}\n")
     trainer = build_trainer(cfg)
-    trainer.identity = run_identity(cfg, args.config_file, getattr(getattr(trainer, "dm", None), "dataset", None))
+    trainer.identity = run_identity(cfg, args.config_file, getattr(getattr(trainer, "dm", None), "dataset", None),
+                                    settings=settings)
     check_identity(identity_from_output_folder(cfg.OUTPUT_DIR), trainer.identity, folder, "use it for this run")
     if is_main_process():
         # again: the trainer may have taken the image preprocessing from the backbone
         atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
         write_facts(trainer, cfg.OUTPUT_DIR)
     if args.eval_only:
+        if args.model_dir:  # own data: a model of another folder of the same name is not this data's
+            check_model_data(identity_from_output_folder(args.model_dir), trainer.identity, args.model_dir)
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
     return trainer
 
@@ -261,6 +268,19 @@ def main(argv=None):
         quick_checks(args)
     except (ValueError, FileNotFoundError) as exc:
         fail(exc, 2)
+    from dassl.engine.interrupt import StopOnSignal
+    # Ctrl-C / SIGTERM anywhere in the run: one line, exit code 128 + signal, the lock released
+    # (training replaces this handler with its own, which first finishes the step and saves).
+    stop = StopOnSignal(EVALUATION_STOPPED if args.eval_only else StopOnSignal.AT_ONCE)
+    with stop:
+        prepare_and_run(args, debug)
+
+
+EVALUATION_STOPPED = ("Stopped by {name} during evaluation; no result was written. Run the same "
+                      "command again to evaluate.")
+
+
+def prepare_and_run(args, debug):
     from dassl.engine.interrupt import TrainingInterrupted
     from dassl.utils.errors import OutputWriteError, UserInputError
     try:
@@ -271,8 +291,9 @@ def main(argv=None):
         fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc, 2)
     except OutputWriteError as exc:
         fail(exc, 2)
-    except KeyboardInterrupt:
-        fail("interrupted before training started; nothing was trained.", 130)
+    except (KeyboardInterrupt, TrainingInterrupted) as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)  # KeyboardInterrupt: SIGINT
+        fail("interrupted before training started; nothing was trained.", 128 + int(signum))
     try:
         run(trainer, args)
         finish_distributed()

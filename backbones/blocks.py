@@ -5,7 +5,9 @@ A ``BlockStack`` holds one tower's blocks and runs block ``i`` on a batch-first 
 - ``fast``: this project's own attention through ``scaled_dot_product_attention``, with the
   low-rank updates added to the projections it computes (so LoRA dropout can act);
 - reference: the library's own block, with the updates merged into its weights.
-Both compute the same function; the tests hold them equal on every family.
+Both compute the same function; the tests hold them equal on every family. Adapters that act
+inside a block (``inside``: on what its attention reads, or on its MLP's hidden layer) are
+forward hooks on those modules for the block call, so both paths run them alike.
 """
 import torch
 import torch.nn.functional as F
@@ -52,11 +54,15 @@ class BlockStack:
     def __len__(self):
         return len(self.blocks)
 
-    def run(self, index, x, causal, lora=None, fast=True, context=None):
+    def run(self, index, x, causal, lora=None, fast=True, context=None, inside=None):
         raise NotImplementedError
 
     def norm1(self, index):
         """The LayerNorm in front of block ``index``'s attention (MMA's adapters read through it)."""
+        raise NotImplementedError
+
+    def mlp_in(self, index):
+        """The first Linear of block ``index``'s MLP: its output is the hidden layer, before the activation."""
         raise NotImplementedError
 
 
@@ -73,11 +79,12 @@ class MultiheadAttentionBlocks(BlockStack):
         self.sequence_first = sequence_first
         self.mask = mask
 
-    def run(self, index, x, causal, lora=None, fast=True, context=None):
+    def run(self, index, x, causal, lora=None, fast=True, context=None, inside=None):
         block = self.blocks[index]
-        if fast:
-            return self.residual(block, x, causal, lora)
-        return self.reference(block, x, causal, lora)
+        with InsideHooks(self, index, inside, sequence_first=self.sequence_first and not fast):
+            if fast:
+                return self.residual(block, x, causal, lora)
+            return self.reference(block, x, causal, lora)
 
     @staticmethod
     def residual(block, x, causal, lora=None):
@@ -110,6 +117,9 @@ class MultiheadAttentionBlocks(BlockStack):
     def norm1(self, index):
         return self.blocks[index].ln_1
 
+    def mlp_in(self, index):
+        return self.blocks[index].mlp.c_fc
+
 
 class TimmBlocks(BlockStack):
     """timm's ViT and EVA blocks (SigLIP, EVA-02, PE-Core vision towers), run as the library's own.
@@ -122,7 +132,11 @@ class TimmBlocks(BlockStack):
     is told per call.
     """
 
-    def run(self, index, x, causal, lora=None, fast=True, context=None):
+    def run(self, index, x, causal, lora=None, fast=True, context=None, inside=None):
+        with InsideHooks(self, index, inside, sequence_first=False):
+            return self.run_block(index, x, lora, fast, context)
+
+    def run_block(self, index, x, lora, fast, context):
         block = self.blocks[index]
         kwargs, prefix = {}, None
         rope = None if context is None else context.get("rope")
@@ -153,6 +167,41 @@ class TimmBlocks(BlockStack):
 
     def norm1(self, index):
         return self.blocks[index].norm1
+
+    def mlp_in(self, index):
+        fc1 = getattr(self.blocks[index].mlp, "fc1", None)
+        if fc1 is None:  # timm's SwiGLU: separate gate and value projections, no one hidden layer
+            raise ValueError(f"Block {index} of this image tower has a gated MLP "
+                             f"({type(self.blocks[index].mlp).__name__}) with separate gate and value projections: "
+                             "no single hidden layer for an adapter to act on. Use a backbone whose MLP blocks "
+                             "start with one Linear (e.g. OpenAI ViT-B/16).")
+        return fc1
+
+
+class InsideHooks:
+    """Within the block call, ``inside(index, site, h)`` replaces the output ``h`` of the block's first
+    norm (site "norm1": what its attention reads) and of its MLP's first Linear (site "mlp_hidden":
+    before the activation). ``h`` is batch-first, (N, L, D), whatever layout the library's block uses."""
+
+    def __init__(self, stack, index, inside, sequence_first):
+        self.stack, self.index, self.inside, self.sequence_first = stack, index, inside, sequence_first
+        self.handles = []
+
+    def __enter__(self):
+        if self.inside is not None:
+            self.handles = [self.stack.norm1(self.index).register_forward_hook(self.rewrite("norm1")),
+                            self.stack.mlp_in(self.index).register_forward_hook(self.rewrite("mlp_hidden"))]
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+    def rewrite(self, site):
+        def hook(module, inputs, out):
+            if self.sequence_first:
+                return self.inside(self.index, site, out.transpose(0, 1)).transpose(0, 1)
+            return self.inside(self.index, site, out)
+        return hook
 
 
 class LoRAHooks:

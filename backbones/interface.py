@@ -27,15 +27,24 @@ class Tokenizer:
     """Text to token ids of one backbone: ``tokenizer(texts)`` -> (N, context_length) int64.
 
     ``prefix_length``: tokens before the text (1 for a start-of-text token, 0 without one); a
-    prompt's learnable context takes the rows right after them.
+    prompt's learnable context takes the rows right after them. ``encode_truncated``: the
+    library's encoding that cuts a text longer than the context (default: ``encode``, for
+    libraries whose tokenizers always cut).
     """
 
-    def __init__(self, encode, count, context_length, prefix_length=1):
+    def __init__(self, encode, count, context_length, prefix_length=1, encode_truncated=None):
         self.encode, self.count_fn = encode, count
         self.context_length, self.prefix_length = context_length, prefix_length
+        self.encode_truncated = encode_truncated or encode
 
     def __call__(self, texts):
         return self.encode(list(texts)).long()
+
+    def truncated(self, texts):
+        """Token ids like ``__call__``, but a text longer than the context is cut to it (its last
+        token then becomes the end-of-text token) instead of refused: for long sentences such as
+        class descriptions."""
+        return self.encode_truncated(list(texts)).long()
 
     def count(self, text):
         """Tokens ``text`` takes in a sequence, without special tokens."""
@@ -93,6 +102,15 @@ class VisionTower(nn.Module):
     def plain(self, images):
         raise NotImplementedError
 
+    def token_norm(self, x):
+        """The final norm of the tower's pooling on every token of x (B, L, D): what a method with a
+        pooled feature of its own tokens reads (MMRL's representation head)."""
+        raise NotImplementedError(f"{type(self).__name__} has no final norm that acts on each token")
+
+    def project(self, x):
+        """Pooled, normalised features (B, D) into the shared embedding space: the tower's projection."""
+        raise NotImplementedError(f"{type(self).__name__} has no projection separate from its pooling")
+
 
 class Backbone(nn.Module):
     """A CLIP of any family behind one interface.
@@ -118,6 +136,12 @@ class Backbone(nn.Module):
     def to_half(self):
         """The frozen weights in fp16 for the GPU precision mode (LayerNorms as the library keeps them)."""
         raise NotImplementedError
+
+    def round_to_half(self, keep_half=False):
+        """The frozen weights as the released prompt-tuning code loads them (reference numerics)."""
+        raise ValueError(f"MODEL.REFERENCE_NUMERICS reproduces the released code bases, which load OpenAI's CLIP "
+                         f"with clip.build_model; this backbone is of the {self.family} family. Leave "
+                         "MODEL.REFERENCE_NUMERICS False for it.")
 
     def facts(self):
         return {"family": self.family, "architecture": self.architecture}

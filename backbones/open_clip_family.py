@@ -118,6 +118,14 @@ class OpenCLIPVisionTower(OpenAIVisionTower):
         pooled, _ = self.visual._pool(x)
         return pooled if self.visual.proj is None else pooled @ self.visual.proj
 
+    def token_norm(self, x):
+        if self.visual.attn_pool is not None:  # its final norm acts on the attention pool's output
+            raise NotImplementedError("This OpenCLIP image tower pools with attention before its final norm")
+        return self.visual.ln_post(x)
+
+    def project(self, x):
+        return x if self.visual.proj is None else x @ self.visual.proj
+
 
 class TimmVisionTower(VisionTower):
     """A timm ViT or EVA trunk inside OpenCLIP's ``TimmModel``; other trunks (ConvNeXt) run whole."""
@@ -150,6 +158,14 @@ class TimmVisionTower(VisionTower):
     def pool(self, x):
         trunk = self.visual.trunk
         return self.visual.head(trunk.forward_head(trunk.norm(x)))
+
+    def token_norm(self, x):
+        # each token normalised as the pooled feature is: timm's norm, then the fc_norm of an averaging trunk
+        trunk = self.visual.trunk
+        return trunk.fc_norm(trunk.norm(x))
+
+    def project(self, x):
+        return self.visual.head(x)
 
     def plain(self, images):
         return self.visual(images.type(self.dtype))

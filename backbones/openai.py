@@ -260,7 +260,8 @@ def count_tokens(text):
     return int(tokenize([text]).argmax(dim=-1)) - 1
 
 
-OPENAI_TOKENIZER = Tokenizer(tokenize, count_tokens, context_length=77, prefix_length=1)
+OPENAI_TOKENIZER = Tokenizer(tokenize, count_tokens, context_length=77, prefix_length=1,
+                             encode_truncated=lambda texts: clip.tokenize(texts, truncate=True))
 
 
 class OpenAITextTower(TextTower):
@@ -312,6 +313,12 @@ class OpenAIVisionTower(VisionTower):
     def pool(self, x):
         return self.visual.ln_post(x[:, 0]) @ self.visual.proj
 
+    def token_norm(self, x):
+        return self.visual.ln_post(x)
+
+    def project(self, x):
+        return x @ self.visual.proj
+
     def plain(self, images):
         return self.visual(images.type(self.dtype))
 
@@ -330,4 +337,12 @@ class OpenAIBackbone(Backbone):
     def to_half(self):
         """CLIP's own fp16 conversion: matrices in fp16, LayerNorms kept in fp32 as CLIP expects."""
         convert_weights(self.model)
+        return self
+
+    def round_to_half(self, keep_half=False):
+        """What clip.build_model does to the weights: CLIP's fp16 conversion; then, unless ``keep_half``,
+        ``.float()`` as the released trainers call for fp32 and amp, which restores only the dtype."""
+        convert_weights(self.model)
+        if not keep_half:
+            self.model.float()
         return self

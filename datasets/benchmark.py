@@ -9,6 +9,7 @@ import os
 
 from dassl.data.datasets.base_dataset import DatasetBase
 
+from .cache import save_beside_data, user_cache_path
 from .fewshot import load_or_sample_fewshot
 from .sources import describe_downloads
 from .splits import read_split, save_split, subsample_classes
@@ -77,7 +78,10 @@ class BenchmarkDataset(DatasetBase):
                 self.dataset_dir, self.config_name,
             ))
         if self.uses_few_shot:
-            os.makedirs(self.split_fewshot_dir, exist_ok=True)
+            try:
+                os.makedirs(self.split_fewshot_dir, exist_ok=True)
+            except OSError:
+                pass  # a read-only shared folder: the few-shot cache is then kept per user
 
     def require(self, *relpaths, purpose="read this dataset"):
         """Raise a clear error if any of these paths inside the dataset folder is missing."""
@@ -96,8 +100,9 @@ class BenchmarkDataset(DatasetBase):
     def read_full_splits(self, cfg):
         if self.split_path is None:
             return self.read_official_split()
-        if os.path.isfile(self.split_path):
-            return read_split(self.split_path, self.split_prefix)
+        for path in self.split_paths():
+            if os.path.isfile(path):
+                return read_split(path, self.split_prefix)
 
         missing = [p for p in self.creation_inputs
                    if not os.path.exists(os.path.join(self.dataset_dir, p))]
@@ -109,8 +114,17 @@ class BenchmarkDataset(DatasetBase):
             ))
         self.warn_created_split(cfg)
         train, val, test = self.create_split()
-        save_split(train, val, test, self.split_path, self.split_prefix)
+        self.save_created_split(train, val, test)
         return train, val, test
+
+    def split_paths(self):
+        """Where the split file is looked for: the dataset folder, then the per-user copy that
+        is written when the dataset folder is read-only."""
+        return [self.split_path, user_cache_path(self.split_path, self.dataset_dir)]
+
+    def save_created_split(self, train, val, test):
+        save_beside_data(self.split_path, self.dataset_dir,
+                         lambda path: save_split(train, val, test, path, self.split_prefix), "split file")
 
     def warn_created_split(self, cfg):
         published = describe_downloads(self.config_name, only=[self.split_file])

@@ -14,6 +14,10 @@ read here, never written, changed or replaced. Ours is a JSON file beside it
 
 A valid original ``.pkl`` is used first: it is what the original code uses on this
 folder, so both code bases train on the same images.
+
+A shared data folder may be read-only. A cache (or an own dataset's split) that cannot be
+written there is kept in a per-user folder instead, ``$XDG_CACHE_HOME/mudpt-toolbox/datasets/``
+(default ``~/.cache/...``), one sub-folder per dataset folder, and read from there next time.
 """
 import hashlib
 import io
@@ -31,6 +35,8 @@ CACHE_FORMAT = "image-list-cache/2"  # the JSON files written here
 OLD_PICKLE_FORMAT = "image-list-cache/1"
 OLD_FORMAT_SUFFIX = ".old-format"
 _FILES_CHECKED_IN_LARGE_CACHES = 64  # ImageNet's lists hold >1M paths; check a spread sample
+USER_CACHE_NAME = "mudpt-toolbox"
+_NOTED_READ_ONLY = set()  # dataset folders whose read-only note was printed (one note per folder)
 
 
 class StaleCacheError(Exception):
@@ -69,6 +75,40 @@ def file_fingerprint(path):
         return hashlib.sha1(f.read()).hexdigest()[:16]
 
 
+def user_cache_path(path, dataset_dir):
+    """Where ``path`` (a file inside ``dataset_dir``) is kept when ``dataset_dir`` is read-only:
+    the per-user cache, one folder per dataset folder (its name and a hash of where it is)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    real = os.path.realpath(dataset_dir)
+    key = hashlib.sha1(real.encode()).hexdigest()[:12]
+    folder = f"{os.path.basename(real) or 'root'}-{key}"
+    return os.path.join(base, USER_CACHE_NAME, "datasets", folder, os.path.relpath(path, dataset_dir))
+
+
+def save_beside_data(path, dataset_dir, write, what):
+    """``write(target)`` at ``path`` in the dataset folder, or, when that folder cannot be written
+    (a read-only shared folder), at ``user_cache_path``. Returns the path written, None if neither
+    could be (the run goes on without the file)."""
+    try:
+        write(path)
+        return path
+    except OSError as exc:
+        reason = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        fallback = user_cache_path(path, dataset_dir)
+        try:
+            write(fallback)
+        except OSError as second:
+            print(f"Note: could not save the {what} {path} ({reason}) nor {fallback} ({second}); "
+                  "this run goes on without it.")
+            return None
+    if dataset_dir not in _NOTED_READ_ONLY:
+        _NOTED_READ_ONLY.add(dataset_dir)
+        print(f"Note: the dataset folder {dataset_dir} cannot be written ({getattr(reason, 'strerror', None) or reason}); "
+              f"its caches are kept per user in {os.path.normpath(user_cache_path(dataset_dir, dataset_dir))} "
+              "(set XDG_CACHE_HOME to move them).")
+    return fallback
+
+
 class ImageListCache:
     """One cache: ours at ``<stem>.json``, the original engine's at ``<stem>.pkl``.
 
@@ -80,6 +120,7 @@ class ImageListCache:
                  check_every_file=True):
         self.path = stem + ".json"
         self.original_path = stem + ".pkl"
+        self.user_path = user_cache_path(self.path, dataset_dir)  # used when the data folder is read-only
         self.dataset_dir = dataset_dir
         self.header = dict(header)
         self.split_names = list(split_names)
@@ -92,13 +133,14 @@ class ImageListCache:
         lists = None
         if os.path.exists(self.original_path):
             lists = self._load_pickle(validate, announce)
-        if lists is None and os.path.exists(self.path):
-            if announce:
-                print(announce.format(self.path))
-            try:
-                lists = self._checked(self._read_json(), validate)
-            except StaleCacheError as exc:
-                print(f"The {self.what} {self.path} cannot be used: {exc}. Rebuilding it.")
+        for path in (self.path, self.user_path):
+            if lists is None and os.path.exists(path):
+                if announce:
+                    print(announce.format(path))
+                try:
+                    lists = self._checked(self._read_json(path), validate)
+                except StaleCacheError as exc:
+                    print(f"The {self.what} {path} cannot be used: {exc}. Rebuilding it.")
         return lists
 
     def save(self, named_lists):
@@ -113,11 +155,10 @@ class ImageListCache:
                                      f"folder {self.dataset_dir}")
                 records.append([relpath, item.label, item.domain, item.classname])
             content[name] = records
-        try:
-            atomic_write_text(self.path, json.dumps(content))
-        except OSError as exc:  # e.g. a read-only shared data folder: the lists are still right
-            print(f"Note: could not save the {self.what} {self.path} ({exc}); "
-                  "this run goes on without it.")
+        text = json.dumps(content)
+        # A read-only shared data folder: kept per user instead (the lists are right either way).
+        self.saved_path = save_beside_data(self.path, self.dataset_dir,
+                                           lambda target: atomic_write_text(target, text), self.what)
 
     # -- the original's .pkl ---------------------------------------------------------------
     def _load_pickle(self, validate, announce):
@@ -194,9 +235,9 @@ class ImageListCache:
         return lists
 
     # -- our JSON ------------------------------------------------------------------------
-    def _read_json(self):
+    def _read_json(self, path):
         try:
-            with open(self.path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 content = json.load(f)
         except (OSError, ValueError) as exc:
             raise StaleCacheError(

@@ -58,7 +58,9 @@ def check_dataset(name, root):
         report.add("dataset folder", MISSING, dataset_dir)
     else:
         report.add("dataset folder", OK, dataset_dir)
-        if cls.split_file:
+        if cls.__name__ == "ImageFolder":
+            _check_own_folder(dataset_dir, report)
+        elif cls.split_file:
             _check_split_dataset(cls, dataset_dir, report)
         elif cls.__name__ == "FGVCAircraft":
             _check_list_dataset(cls, dataset_dir, report)
@@ -126,6 +128,55 @@ def _check_split_dataset(cls, dataset_dir, report):
         report.add(f"{part} images", _count_status(found, len(entries), cls, part),
                    _missing_detail(found, len(entries), missing, _published(cls, part)))
     _add_class_count(cls, len(labels), report)
+
+
+def _check_own_folder(dataset_dir, report):
+    """A user's own data (ImageFolder): class folders per split, other files, the split file, and
+    every image opened as training opens it, so that a broken one makes the folder unusable."""
+    from dassl.utils import read_image
+    from .image_folder import list_own_data, listed_files, shown, split_file_entries
+
+    listing, others = list_own_data(dataset_dir)
+    classes = sorted(set().union(*listing.values()))
+    for split in ("train", "val", "test"):
+        folder = os.path.join(dataset_dir, split)
+        if split not in listing:
+            if split == "val":
+                report.add("val images", OK, "no val/ folder: 20% of train/ per class is held out")
+            else:
+                report.add(f"{split} images", MISSING, f"{folder} not found")
+            continue
+        empty = [name for name in classes if not listing[split].get(name)]
+        count = sum(len(paths) for paths in listing[split].values())
+        detail = f"{count:,} images in {len(listing[split]):,} class folders"
+        if empty:
+            detail += f"; no images for class(es) {shown(empty)} in {folder} (every class needs images in every split)"
+        report.add(f"{split} images", MISSING if empty or not count else OK, detail)
+    if others:
+        report.add("other files", WARN, f"{len(others)} file(s) that are not images by their extension "
+                   f"are left out: {shown(others)}")
+    images = sorted(listed_files(listing))
+    unreadable = []
+    for relpath in images:
+        try:
+            read_image(os.path.join(dataset_dir, relpath))
+        except OSError as exc:
+            cause = exc.__cause__ or exc
+            unreadable.append(f"{relpath} ({type(cause).__name__})")
+    if unreadable:
+        report.add("images opened", MISSING, f"{len(unreadable)} of {len(images):,} cannot be read: "
+                   f"{shown(unreadable)}; replace or remove them (the split is then rebuilt)")
+    else:
+        report.add("images opened", OK, f"all {len(images):,} read")
+    split_path = os.path.join(dataset_dir, "split_ImageFolder.json")
+    if not os.path.isfile(split_path):
+        report.add("split file", OK, f"{split_path} will be created from the folders")
+    elif set(split_file_entries(split_path) or images) != set(images):
+        report.add("split file", WARN, f"{split_path} lists other images than the folders hold; the next "
+                   "run rebuilds it from the folders")
+    else:
+        report.add("split file", OK, split_path)
+    report.add("classes", OK if classes else MISSING, f"{len(classes):,}")
 
 
 def _add_class_count(cls, count, report):

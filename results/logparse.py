@@ -62,6 +62,27 @@ def metric_from_log(path, keyword="accuracy", signals=TRAIN_END_SIGNALS):
         return metric_from_lines(handle, keyword, signals)
 
 
+def run_logs(run_dir):
+    """The logs of a run folder, oldest first: ``log.txt``, then one ``log.txt-<timestamp>`` per
+    later start (the engine, like Dassl, keeps the first log and gives each rerun, a resume
+    included, a new file named by its start time)."""
+    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    later = sorted(n for n in names if n.startswith(LOG_NAME + "-"))
+    return [os.path.join(run_dir, n) for n in ([LOG_NAME] if LOG_NAME in names else []) + later]
+
+
+def final_result(run_dir, keyword="accuracy", signals=TRAIN_END_SIGNALS):
+    """(log path, value) of a run's final result: ``log.txt``'s, as CoOp's parser reads it, or, when
+    it has none (the run was stopped and resumed), that of the newest later log holding one;
+    (log.txt's path, None) when no log of the folder holds one."""
+    logs = run_logs(run_dir)
+    for path in logs[:1] + logs[:0:-1]:
+        value = metric_from_log(path, keyword, signals)
+        if value is not None:
+            return path, value
+    return os.path.join(run_dir, LOG_NAME), None
+
+
 def log_is_eval_only(path):
     """True when the log's arguments block says the run was ``--eval-only``."""
     with open(path, "r", encoding="utf-8", errors="replace") as handle:

@@ -2,7 +2,7 @@
 
 Per run: the config file and the overrides given on the command line (the ``opts`` of the
 arguments block), the method's own config keys (CoOp's context length as it ran when CTX_INIT
-sets it), the precision that ran, the architecture of the loaded CLIP weights and the number of
+sets it), the class descriptions file it read (name and hash), the precision that ran, the architecture of the loaded CLIP weights and the number of
 trainable parameters (these from the run's run_facts.json; for an older run without one, from
 the lines its log printed). So a MuDPT row shows at a glance whether it is the paper's design or a
 released variant, and a run trained with other settings (``OPTIM.MAX_EPOCH 1``) shows as such.
@@ -39,12 +39,15 @@ def params_text(count):
     return f"{count:,}"  # as the log prints it: 1,202,176
 
 
-def settings_text(settings, n_ctx=None):
+def settings_text(settings, n_ctx=None, descriptions=None):
     parts = []
     for key, value in settings.items():
         if key == "N_CTX" and n_ctx is not None and str(n_ctx) != value:
             value = f"{n_ctx} (set by CTX_INIT; N_CTX {value})"  # CoOp's rule: the phrase's length
         parts.append(f"{key} {value}")
+    if descriptions:  # which class descriptions the run read: its file and the file's hash
+        parts.append(f"descriptions {os.path.basename(descriptions['source'])} "
+                     f"(sha256 {descriptions['sha256'][:12]})")
     return ", ".join(parts) or MISSING
 
 
@@ -64,7 +67,7 @@ def run_provenance(log, trainer, config):
             precision_text(log, settings),
             log.facts.get("architecture", UNKNOWN),
             MISSING if params is None else params_text(params),
-            settings_text(settings, log.facts.get("n_ctx")))
+            settings_text(settings, log.facts.get("n_ctx"), log.facts.get("descriptions")))
 
 
 PROVENANCE_HEADER = ("Method", "Config file", "Overrides", "Precision", "CLIP", "Trainable params",

@@ -4,7 +4,8 @@ train.py writes it beside ``config.yaml`` from the trainer's ``run_facts()``; th
 table and tools/compare_runs.py read it, and read the printed log lines only for older runs
 that have no such file. Keys (format 1): backbone, family, architecture, trainer,
 trainable_params, trainable_names, n_ctx (null: no learned text context), prompt_text,
-precision (what ran on the device), dataset, seed, format.
+precision (what ran on the device), dataset, seed, descriptions (null, or the source and
+sha256 of the class descriptions the run read), format.
 """
 import json
 import os

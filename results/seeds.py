@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from results.logparse import LOG_NAME, TRAIN_END_SIGNALS, metric_from_log
+from results.logparse import LOG_NAME, TRAIN_END_SIGNALS, final_result, run_logs
 
 
 @dataclass
@@ -74,11 +74,12 @@ def summarise_directory(directory, keyword="accuracy", signals=None, use_ci95=Fa
         if not os.path.isfile(log_path):
             summary.problems.append((run_dir, f"no {LOG_NAME} (run never started, or the log was moved)"))
             continue
-        value = metric_from_log(log_path, keyword, signals)
+        log_path, value = final_result(run_dir, keyword, signals)  # a resumed run ends in a later log
         if value is None:
             wanted = " or ".join(f"'{s}'" for s in signals)
             summary.problems.append(
-                (run_dir, f"{LOG_NAME} has no '* {keyword}: ...%' line after {wanted} "
+                (run_dir, f"{LOG_NAME}{' (nor a later log)' if len(run_logs(run_dir)) > 1 else ''} has no "
+                          f"'* {keyword}: ...%' line after {wanted} "
                           "(crashed, still running, or an eval-only log: try --test-log)"))
             continue
         summary.results.append(SeedResult(folder=name, log_path=log_path, value=value))
@@ -100,6 +101,37 @@ def summarise_directory(directory, keyword="accuracy", signals=None, use_ci95=Fa
     print(f"* {keyword}: {summary.mean:.2f}% +- {summary.spread:.2f}%", file=out)
     print("===", file=out)
     return summary
+
+
+def layout_problem(directory, multi_exp):
+    """A message when the seed logs are not at the depth the flags read (DIR/<seed>/log.txt, with
+    --multi-exp DIR/<experiment>/<seed>/log.txt) but one level off; None otherwise."""
+    expected = 2 if multi_exp else 1
+    depth = _log_depth(directory, expected + 1)
+    if depth is None or depth == expected:
+        return None
+    layout = "DIR/<experiment>/<seed>/log.txt" if multi_exp else "DIR/<seed>/log.txt"
+    flags = "--multi-exp, which reads" if multi_exp else "the seed summary, which reads"
+    if depth < expected:
+        return (f"{directory} holds its seed folders directly (DIR/<seed>/log.txt), but {flags} {layout}: "
+                "drop --multi-exp.")
+    below = [os.path.join(directory, name) for name in visible_entries(directory)
+             if _log_depth(os.path.join(directory, name), expected) == expected]
+    if not multi_exp and depth == expected + 1:
+        return (f"{directory} is one level too high for {flags} {layout}: its folders hold experiments "
+                f"of seed folders, so add --multi-exp, or pass one of {', '.join(below)}.")
+    return (f"{directory} is one level too high for {flags} {layout}: pass one of {', '.join(below)}.")
+
+
+def _log_depth(directory, deepest):
+    """The smallest depth (1: DIR/<x>/log.txt) up to ``deepest`` at which a log.txt is, or None."""
+    level = [directory]
+    for depth in range(1, deepest + 1):
+        level = [os.path.join(folder, name) for folder in level if os.path.isdir(folder)
+                 for name in visible_entries(folder) if os.path.isdir(os.path.join(folder, name))]
+        if any(os.path.isfile(os.path.join(folder, LOG_NAME)) for folder in level):
+            return depth
+    return None
 
 
 def summarise_experiments(directory, keyword="accuracy", signals=None, use_ci95=False,

@@ -111,8 +111,20 @@ def _difference(a, b):
     return Value(mean=a.mean - b.mean, signed=True)
 
 
+def config_family(kind, config, dataset):
+    """The row a config's runs belong to: in base-to-new, a per-dataset config ("<config>_<dataset>",
+    and MMA's "_imnet" for ImageNet) joins its method's row instead of making a row of one dataset.
+    (Elsewhere a config keeps its own row: the cross-dataset tables pair the ImageNet run by config.)"""
+    if kind not in (TRAIN_BASE, TEST_NEW):
+        return config
+    for suffix in (f"_{dataset}", "_imnet" if dataset == "imagenet" else None):
+        if suffix and config.endswith(suffix) and len(config) > len(suffix):
+            return config[:-len(suffix)]
+    return config
+
+
 class _RunIndex:
-    """Finished runs grouped as (kind, trainer, config, shots) -> dataset -> {seed: run}."""
+    """Finished runs grouped as (kind, trainer, config family, shots) -> dataset -> {seed: run}."""
 
     def __init__(self, runs, seeds=None, outlier=DEFAULT_OUTLIER):
         self.groups = defaultdict(lambda: defaultdict(dict))
@@ -123,7 +135,8 @@ class _RunIndex:
             if run.accuracy is None:
                 self.unfinished.append(run)
                 continue
-            self.groups[(run.kind, run.trainer, run.config, run.shots)][run.dataset][run.seed] = run
+            family = config_family(run.kind, run.config, run.dataset)
+            self.groups[(run.kind, run.trainer, family, run.shots)][run.dataset][run.seed] = run
 
     def methods(self, kind, shots=None):
         """(trainer, config, shots) of the groups of one kind, ordered for display."""
@@ -199,7 +212,8 @@ def _paper_label(row):
 
 def _unfinished_note(index, groups, datasets):
     stale = [r for r in index.unfinished
-             if (r.kind, r.trainer, r.config, r.shots) in groups and r.dataset in datasets]
+             if (r.kind, r.trainer, config_family(r.kind, r.config, r.dataset), r.shots) in groups
+             and r.dataset in datasets]
     if not stale:
         return []
     shown = ", ".join(r.path for r in stale[:5])
@@ -389,6 +403,8 @@ def base2new_table(index, shots=16, paper=False, all_datasets=False):
             average = None
             if prow.average_base is not None:
                 average = _b2n_cell(Value(prow.average_base), Value(prow.average_new))
+            elif prow.average_hm is not None:  # a source that prints the HM alone
+                average = {"base": None, "new": None, "hm": Value(mean=prow.average_hm)}
             cells.append(average)
             columns[_paper_label(prow)] = cells
 

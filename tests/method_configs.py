@@ -2,11 +2,30 @@
 DRY_RUN output), so tests use what users run and a trainer without scripts is noticed."""
 import functools
 import glob
+import json
 import os
 import re
 import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def descriptions_file(folder, classnames):
+    """A class descriptions file (DATASET.DESCRIPTIONS) for ``classnames``, for the trainers that read one."""
+    path = os.path.join(str(folder), "descriptions.json")
+    with open(path, "w") as f:
+        json.dump({name: [f"a {name} seen up close.", f"the shape of a {name}."] for name in classnames}, f)
+    return path
+
+
+def trainer_stub(trainer_class, model, cfg):
+    """What a trainer's ``compute_loss`` reads of its trainer, to call it on ``model`` without building one."""
+    import types
+
+    import torch
+    return types.SimpleNamespace(model=model, epoch=0, cfg=cfg, device=torch.device("cpu"),
+                                 method_cfg=getattr(cfg.TRAINER, trainer_class.cfg_node), reference_numerics=False,
+                                 loss_logits=lambda logits: logits.float())
 
 
 def project_trainers():

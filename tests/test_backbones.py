@@ -7,7 +7,6 @@ import importlib
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 import trainers
 from backbones import as_backbone, load_backbone
 from backbones.tiny_models import BACKBONE_NAMES, build_hf_clip, build_open_clip, current_umask, write_tiny_model
+from method_configs import descriptions_file, trainer_stub
 from trainers.clip_prompting import EncoderLoRA, ImageEncoder, TextEncoder, deep_prompt_hook, set_fast_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,20 +149,22 @@ METHODS = [  # (module, model class, trainer class)
     ("vpt", "VPTCLIP", "VPT"), ("ivlp", "IVLPCLIP", "IVLP"), ("maple", "MaPLeCLIP", "MaPLe"),
     ("dcp", "DCPCLIP", "DCP"), ("dpt", "DPTCLIP", "DPT"), ("kgcoop", "KgCoOpCLIP", "KgCoOp"),
     ("promptsrc", "PromptSRCCLIP", "PromptSRC"), ("mma", "MMACLIP", "MMA"), ("cliplora", "CLIPLoRACLIP", "CLIPLoRA"),
+    ("mmrl", "MMRLCLIP", "MMRL"), ("hicropl", "HiCroPLCLIP", "HiCroPL"), ("lweib", "LwEIBCLIP", "LwEIB"),
+    ("coprompt", "CoPromptCLIP", "CoPrompt"), ("tcp", "TCPCLIP", "TCP"),
 ]
 
 
-def one_step(module, model_class, trainer_class, backbone):
+def one_step(module, model_class, trainer_class, backbone, descriptions):
     """Build the method on ``backbone``, take one training step with its trainer's own loss, evaluate."""
     torch.manual_seed(0)
     module = importlib.import_module(f"trainers.{module}")
     trainer = getattr(module, trainer_class)
     cfg = trainers.build_cfg()
     cfg.TRAINER.VPT.PROMPT_DEPTH_VISION = 9
+    cfg.DATASET.DESCRIPTIONS = descriptions
     model = getattr(module, model_class)(cfg, CLASSNAMES, backbone)
     images, labels = torch.randn(2, 3, 224, 224), torch.tensor([0, 2])
-    stub = types.SimpleNamespace(model=model, epoch=0, cfg=cfg, device=torch.device("cpu"),
-                                 method_cfg=getattr(cfg.TRAINER, trainer.cfg_node))
+    stub = trainer_stub(trainer, model, cfg)
     model.train()
     loss, _ = trainer.compute_loss(stub, images, labels)
     loss.backward()
@@ -176,14 +178,16 @@ def one_step(module, model_class, trainer_class, backbone):
 
 
 @pytest.mark.parametrize("family", ("openai",) + OPEN_CLIP_FAMILIES + ("hf",))
-def test_every_method_trains_a_step_on_every_family(family_files, family):
+def test_every_method_trains_a_step_on_every_family(family_files, family, tmp_path):
     backbone = load_backbone(*family_files[family])
+    descriptions = descriptions_file(tmp_path, CLASSNAMES)
     for module, model_class, trainer_class in METHODS:
         if trainer_class == "DCP" and not backbone.text.causal:
             with pytest.raises(ValueError, match="exact only in a causal text tower"):
-                one_step(module, model_class, trainer_class, backbone)
+                one_step(module, model_class, trainer_class, backbone, descriptions)
             continue
-        loss, trainable, with_grad, logits, model = one_step(module, model_class, trainer_class, backbone)
+        loss, trainable, with_grad, logits, model = one_step(module, model_class, trainer_class, backbone,
+                                                             descriptions)
         assert torch.isfinite(loss), (family, trainer_class)
         # gradients reach exactly the method's tensors (LoRA's A gets zeros while B starts at 0)
         assert with_grad == trainable, (family, trainer_class, sorted(trainable ^ with_grad)[:3])

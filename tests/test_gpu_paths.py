@@ -14,20 +14,21 @@ import train
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils.logger import close_logger
 from datasets.fake import make_fake_dataset
-from method_configs import base2new_config, project_trainers, script_folders
+from method_configs import base2new_config, descriptions_file, project_trainers, script_folders
 
 
 TRAINED = [name for name in project_trainers() if not name.startswith("ZeroshotCLIP")]
 
 
 @pytest.mark.parametrize("trainer", TRAINED)
-def test_no_tensor_is_left_behind_when_the_model_moves(trainer, tiny_clip_path):
+def test_no_tensor_is_left_behind_when_the_model_moves(trainer, tiny_clip_path, tmp_path):
     from trainers import build_cfg
     from trainers.clip_prompting import set_fast_paths
     cfg = build_cfg()
     assert trainer in script_folders(), f"no scripts/<method>/method.sh runs {trainer}"
     cfg.merge_from_file(base2new_config(script_folders()[trainer]))
-    cfg.merge_from_list(["TRAINER.NAME", trainer, "MODEL.BACKBONE.PATH", tiny_clip_path, "USE_CUDA", "False"])
+    cfg.merge_from_list(["TRAINER.NAME", trainer, "MODEL.BACKBONE.PATH", tiny_clip_path, "USE_CUDA", "False",
+                         "DATASET.DESCRIPTIONS", descriptions_file(tmp_path, ["cat", "dog", "red car"])])
     model = TRAINER_REGISTRY.get(trainer)(cfg, classnames=["cat", "dog", "red car"]).model
     set_fast_paths(model, False)  # the EOT cut reads a tensor value, which "meta" cannot give
     model.to("meta").eval()  # eval: the reference path has no LoRA dropout

@@ -194,7 +194,7 @@ def test_mma_gradient_scaling_as_released():
 
 
 def test_lora_starts_as_zero_shot_clip_and_equals_merged_weights(tiny_clip_model, images):
-    cfg = trainers.build_cfg("CLIPLORA", PARAMS=["q", "v", "o"], POSITION="half-up")
+    cfg = trainers.build_cfg("CLIPLORA", PARAMS=["q", "v", "o"], POSITION="half-up", TEMPLATE="dataset")
     cfg.DATASET.NAME = "DescribableTextures"
     model = CLIPLoRACLIP(cfg, CLASSNAMES, tiny_clip_model).eval()
     texts = [f"{c.replace('_', ' ')} texture." for c in CLASSNAMES]  # the dataset's template

@@ -65,6 +65,11 @@ LEARNING = {
     "MMA": Entry(epochs=2, lr=0.02),
     # N_ITERS 0: OPTIM.MAX_EPOCH ordinary epochs instead of the released 500 iterations per shot
     "CLIPLoRA": Entry(epochs=2, lr=0.005, opts=["TRAINER.CLIPLORA.N_ITERS", "0"]),
+    "HiCroPL": Entry(lr=0.01, opts=["TRAINER.HICROPL.N_CTX", "4"]),  # "a photo of a", not 16 random words
+    "MMRL": Entry(lr=0.005),
+    "CoPrompt": Entry(lr=0.02),
+    "LwEIB": Entry(),
+    "TCP": Entry(epochs=6, lr=0.02, opts=["DATALOADER.TRAIN_X.BATCH_SIZE", "8"]),
 }
 
 

@@ -13,7 +13,7 @@ from dassl.data.transforms import build_transform
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils.logger import close_logger
 from datasets.fake import make_fake_dataset
-from method_configs import project_trainers
+from method_configs import descriptions_file, project_trainers
 
 MUDPT_CONFIG = "configs/trainers/MuDPT/vit_b16_bz4_ep10_nctx4_depth12.yaml"
 DATASET_CONFIG = "configs/datasets/caltech101.yaml"
@@ -113,6 +113,7 @@ def test_every_trainer_scores_a_class_list_it_was_not_trained_on(name, tiny_clip
     cfg.TRAINER.NAME = name
     cfg.DATASET.NUM_SHOTS = 16
     cfg.MODEL.BACKBONE.PATH = tiny_clip_path
+    cfg.DATASET.DESCRIPTIONS = descriptions_file(tmp_path, ["cat", "dog", "bird", "ant", "bee", "wasp", "moth", "fly"])
     cfg.freeze()
     with contextlib.redirect_stdout(io.StringIO()):
         trained = TRAINER_REGISTRY.get(name)(cfg, classnames=["cat", "dog", "bird"])

@@ -114,7 +114,7 @@ def test_a_run_writes_its_facts_and_the_table_reads_them(tmp_path, tiny_clip_pat
         "backbone": "ViT-B/16", "family": "openai", "architecture": TINY_CLIP, "trainer": "CoOp",
         "trainable_params": 256, "trainable_names": ["ctx"], "n_ctx": 4, "prompt_text": "a photo of a",
         "precision": "fp32",  # the config asks for fp16, which needs a GPU
-        "dataset": "Caltech101", "seed": 1, "format": 1}
+        "dataset": "Caltech101", "seed": 1, "descriptions": None, "format": 1}  # CoOp reads no descriptions
     assert facts["trainable_params"] == checkpoint_numel(out / "prompt_learner" / "model.pth.tar-1")
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "run_facts.json", "log.txt"}
 

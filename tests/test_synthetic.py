@@ -104,7 +104,8 @@ def test_the_benchmark_is_generated_on_first_use_in_the_standard_layout(tmp_path
     umask = os.umask(0)
     os.umask(umask)
     assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # an ordinary folder, not a private temp one
-    assert sorted(os.listdir(folder)) == ["classnames.txt", "generator.json", "images", "split_fewshot",
+    assert sorted(os.listdir(folder)) == ["classnames.txt", "descriptions.json", "generator.json", "images",
+                                          "split_fewshot",
                                           "split_zhou_SyntheticShapes.json"]
     classes = (folder / "classnames.txt").read_text().splitlines()
     assert classes == shapes.benchmark_classes()

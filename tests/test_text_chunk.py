@@ -1,11 +1,11 @@
 """The chunked text pass (MODEL.TEXT_CHUNK): the same loss and gradients as one pass, less memory."""
 import importlib
-import types
 
 import pytest
 import torch
 
 import trainers
+from method_configs import descriptions_file, trainer_stub
 from trainers.clip_prompting import set_text_chunk
 from trainers.clip_prompting.encoders import check_text_chunk, chunk_rows
 
@@ -18,7 +18,18 @@ METHODS = [  # (module, model class, trainer class, config overrides)
     ("dcp", "DCPCLIP", "DCP", {"PROMPT_DEPTH": 1}), ("dpt", "DPTCLIP", "DPT", {"BOTTOMLIMIT": 2}),
     ("mma", "MMACLIP", "MMA", {"ADAPTER_START": 1, "ADAPTER_END": 2}),
     ("cliplora", "CLIPLoRACLIP", "CLIPLoRA", {"DROPOUT_RATE": 0.0}),
+    ("mmrl", "MMRLCLIP", "MMRL", {"REP_LAYERS": [1, 2]}),
+    ("tcp", "TCPCLIP", "TCP", {"LAYER": 1}),
+    ("coprompt", "CoPromptCLIP", "CoPrompt", {"PROMPT_DEPTH": 2}),
+    ("lweib", "LwEIBCLIP", "LwEIB", {"ADAPTER_START": 1, "ADAPTER_END": 2}),
+    ("hicropl", "HiCroPLCLIP", "HiCroPL", {"PROMPT_DEPTH": 2, "CROSS_LAYER": 1}),
 ]
+DESCRIPTIONS = {}  # "path": CLASSNAMES' descriptions file, for the methods that read class descriptions
+
+
+@pytest.fixture(scope="module", autouse=True)
+def descriptions(tmp_path_factory):
+    DESCRIPTIONS["path"] = descriptions_file(tmp_path_factory.mktemp("descriptions"), CLASSNAMES)
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +44,11 @@ def build(method, clip_model, chunk):
     module = importlib.import_module(f"trainers.{module_name}")
     trainer = getattr(module, trainer_class)
     cfg = trainers.build_cfg(trainer.cfg_node, **keys)
+    cfg.DATASET.DESCRIPTIONS = DESCRIPTIONS["path"]
     torch.manual_seed(0)
     model = getattr(module, model_class)(cfg, CLASSNAMES, clip_model)
     set_text_chunk(model, chunk)
-    stub = types.SimpleNamespace(model=model, epoch=0, cfg=cfg, device=torch.device("cpu"),
-                                 method_cfg=getattr(cfg.TRAINER, trainer.cfg_node))
+    stub = trainer_stub(trainer, model, cfg)
     return model, lambda images, labels: trainer.compute_loss(stub, images, labels)[0]
 
 

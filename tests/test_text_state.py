@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import trainers
 from dassl.engine import TRAINER_REGISTRY
-from method_configs import base2new_config, project_trainers, script_folders
+from method_configs import base2new_config, descriptions_file, project_trainers, script_folders
 from trainers.clip_prompting import tokenize
 from trainers.cocoop import CoCoOpCLIP
 from trainers.dcp import DCPCLIP
@@ -24,18 +24,19 @@ NO_CLASS_FEATURES = {"CoCoOp"}  # every image has its own class features
 
 
 # --------------------------------------------------------------------- text_features() is normalised
-def build_trainer_model(trainer, clip_path):
+def build_trainer_model(trainer, clip_path, folder):
     """The trainer's model for three classes, with the config its base-to-new script runs (if any)."""
     cfg = trainers.build_cfg()
     if trainer in script_folders():
         cfg.merge_from_file(base2new_config(script_folders()[trainer]))
-    cfg.merge_from_list(["TRAINER.NAME", trainer, "MODEL.BACKBONE.PATH", clip_path, "USE_CUDA", "False"])
+    cfg.merge_from_list(["TRAINER.NAME", trainer, "MODEL.BACKBONE.PATH", clip_path, "USE_CUDA", "False",
+                         "DATASET.DESCRIPTIONS", descriptions_file(folder, CLASSNAMES)])
     return TRAINER_REGISTRY.get(trainer)(cfg, classnames=CLASSNAMES).model
 
 
 @pytest.mark.parametrize("trainer", project_trainers())
-def test_text_features_are_l2_normalised_class_features(trainer, tiny_clip_path):
-    model = build_trainer_model(trainer, tiny_clip_path)
+def test_text_features_are_l2_normalised_class_features(trainer, tiny_clip_path, tmp_path):
+    model = build_trainer_model(trainer, tiny_clip_path, tmp_path)
     if trainer in NO_CLASS_FEATURES:
         with pytest.raises(NotImplementedError, match="depends on each image"):
             model.text_features()

@@ -1,7 +1,8 @@
 """Trainer files also run inside an original Dassl.pytorch + CoOp checkout.
 
 They travel with their companions: the backbones/ package (every method reaches CLIP through
-it) and datasets/templates.py (the datasets' prompt templates, dropped into CoOp's datasets/).
+it), datasets/templates.py (the datasets' prompt templates) and datasets/descriptions.py (class
+descriptions), both dropped into CoOp's datasets/.
 They may import from ``dassl`` only names the original package exports, and read keys this
 project adds to the config with a fallback. Checked twice: statically, every import in every
 file of trainers/ (function-level ones included); and by importing every module of trainers/
@@ -64,7 +65,7 @@ def project_packages():
 
 
 # What a CoOp checkout needs beside trainers/: these packages, or (a list) these modules of one.
-COMPANIONS = {"backbones": None, "datasets": ["datasets.templates"]}
+COMPANIONS = {"backbones": None, "datasets": ["datasets.templates", "datasets.descriptions"]}
 
 
 def is_companion(target):

@@ -3,8 +3,9 @@
     python tools/check_datasets.py --root DATA [--dataset NAME ...]
 
 NAME is a configs/datasets file stem (oxford_pets, imagenet, ...) or a registry
-name (OxfordPets). Without --dataset every known dataset is checked. Nothing is
-written or downloaded. The exit status is 1 when a dataset named with --dataset
+name (OxfordPets). Without --dataset every known dataset is checked. Own data
+(--dataset image_folder, --root its folder) has every image opened as training opens
+it, so a broken image makes it unusable. Nothing is written or downloaded. The exit status is 1 when a dataset named with --dataset
 cannot be used, else 0.
 """
 import argparse

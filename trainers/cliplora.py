@@ -1,10 +1,14 @@
 """CLIP-LoRA: low-rank adaptation of both CLIP encoders (Zanella and Ben Ayed, CVPRW 2024).
 
-Frozen CLIP with the dataset's hand-crafted prompt (CoOp's per-dataset templates) and
-low-rank updates W + ALPHA / sqrt(RANK) * B A of the attention projections PARAMS
+Frozen CLIP with a hand-crafted prompt and low-rank updates W + ALPHA / sqrt(RANK) * B A of the attention projections PARAMS
 (q, k, v; o is the output projection) in the blocks POSITION of the ENCODER(s). A is
 initialised as nn.Linear's weights, B at zero, so training starts from zero-shot CLIP; dropout
 DROPOUT_RATE acts on the input of each update during training.
+
+The prompt (TEMPLATE): "released" is "a photo of a {}." for every dataset, as the released code
+runs (its per-dataset CoOp templates are commented out there; the paper keeps one setting for
+all datasets); "dataset" is CoOp's per-dataset template (e.g. "{} texture." on DTD); any other text
+with one "{}" is used as it is.
 
 The released protocol (N_ITERS > 0): AdamW with a cosine schedule stepped after every batch,
 over N_ITERS x NUM_SHOTS iterations. Here an epoch is N_ITERS iterations drawn pass after pass
@@ -19,7 +23,7 @@ import torch
 
 from dassl.engine import TRAINER_REGISTRY
 
-from datasets.templates import dataset_template
+from datasets.templates import DEFAULT_TEMPLATE, dataset_template
 
 from .clip_prompting import EncoderLoRA, PromptedCLIP, PromptTuningTrainer, clean_classname
 from .clip_prompting.lora import PROJECTIONS
@@ -31,6 +35,7 @@ POSITIONS = {
     "half-bottom": [0, 1, 2, 3, 4, 5], "top3": [9, 10, 11], "all": None,
 }
 ETA_MIN = 1e-6  # the released cosine schedule's floor
+RELEASED_TEMPLATE = DEFAULT_TEMPLATE  # "a photo of a {}.", the released code's prompt on every dataset
 
 
 def extend_cfg(cfg):
@@ -44,6 +49,7 @@ def extend_cfg(cfg):
     cfg.TRAINER.CLIPLORA.DROPOUT_RATE = 0.25
     cfg.TRAINER.CLIPLORA.N_ITERS = 500  # iterations per shot (and per epoch); 0: OPTIM.MAX_EPOCH data passes
     cfg.TRAINER.CLIPLORA.PREC = "fp32"
+    cfg.TRAINER.CLIPLORA.TEMPLATE = "released"  # "released", "dataset" (CoOp's per dataset), or text with "{}"
 
 
 def check_cliplora_cfg(c):
@@ -60,8 +66,20 @@ def check_cliplora_cfg(c):
         fail(f"RANK is {c.RANK}; the rank of the updates must be at least 1.")
     if not 0 <= c.DROPOUT_RATE < 1:
         fail(f"DROPOUT_RATE is {c.DROPOUT_RATE}; use a probability in [0, 1).")
+    if c.TEMPLATE not in ("released", "dataset") and c.TEMPLATE.count("{}") != 1:
+        fail(f'TEMPLATE is "{c.TEMPLATE}"; use "released" (a photo of a {{}}. on every dataset), "dataset" '
+             '(CoOp\'s per-dataset template), or a prompt with one "{}" for the class name.')
     if c.N_ITERS < 0:
         fail(f"N_ITERS is {c.N_ITERS}; use the iterations per shot (released: 500), or 0 for OPTIM.MAX_EPOCH epochs.")
+
+
+def lora_template(c, dataset_name):
+    """The prompt of each class: TEMPLATE "released", "dataset" or the text given."""
+    if c.TEMPLATE == "released":
+        return RELEASED_TEMPLATE
+    if c.TEMPLATE == "dataset":
+        return dataset_template(dataset_name)
+    return c.TEMPLATE
 
 
 def lora_blocks(c, encoder, owner):
@@ -79,7 +97,7 @@ class CLIPLoRACLIP(PromptedCLIP):
         super().__init__(clip_model)
         c = cfg.TRAINER.CLIPLORA
         check_cliplora_cfg(c)
-        template = dataset_template(cfg.DATASET.NAME)
+        template = lora_template(c, cfg.DATASET.NAME)
         prompts = [template.format(clean_classname(name)) for name in classnames]
         print(f"Prompts: {prompts}")
         self.register_buffer("tokenized_prompts", self.text_encoder.tokenize(prompts), persistent=False)

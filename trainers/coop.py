@@ -5,14 +5,16 @@ import torch.nn as nn
 from dassl.engine import TRAINER_REGISTRY
 
 from .clip_prompting import ClassPrompts, PromptedCLIP, PromptTuningTrainer, init_context
+from .clip_prompting.prompts import context_length
 
 POSITIONS = ("end", "middle", "front")
+N_CTX = 16  # the default; another value set with a CTX_INIT phrase gets a note (context_length)
 
 
 def extend_cfg(cfg):
     from yacs.config import CfgNode as CN  # as CoOp: the original dassl.config exports no CfgNode
     cfg.TRAINER.COOP = CN()
-    cfg.TRAINER.COOP.N_CTX = 16
+    cfg.TRAINER.COOP.N_CTX = N_CTX
     cfg.TRAINER.COOP.CSC = False
     cfg.TRAINER.COOP.CTX_INIT = ""
     cfg.TRAINER.COOP.PREC = "fp16"
@@ -26,11 +28,7 @@ class CoOpPromptLearner(nn.Module):
         if c.CLASS_TOKEN_POSITION not in POSITIONS:
             raise ValueError(f'TRAINER.COOP.CLASS_TOKEN_POSITION is "{c.CLASS_TOKEN_POSITION}"; '
                              f"use one of {', '.join(POSITIONS)}.")
-        n_ctx = c.N_CTX
-        if c.CTX_INIT:
-            # CoOp's rule: an initial phrase fixes the context length to its token count
-            from .clip_prompting.prompts import count_bpe_tokens
-            n_ctx = count_bpe_tokens(c.CTX_INIT.replace("_", " "), text_encoder.tokenizer)
+        n_ctx = context_length(c.N_CTX, c.CTX_INIT, text_encoder.tokenizer, "TRAINER.COOP", N_CTX)
         ctx, prefix = init_context(text_encoder, n_ctx, c.CTX_INIT, owner="TRAINER.COOP")
         if c.CSC:
             print("Initializing class-specific contexts")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
 
 from .clip_prompting import ClassPrompts, PromptedCLIP, PromptTuningTrainer, init_context, template_text_features
-from .clip_prompting.prompts import count_bpe_tokens
+from .clip_prompting.prompts import context_length
 from datasets.templates import dataset_template
 
 # The released hand-crafted prompts are the datasets' templates, except KgCoOp's own DTD prompt.
@@ -23,10 +23,13 @@ def hand_crafted_template(dataset_name):
     return OWN_TEMPLATES.get(dataset_name) or dataset_template(dataset_name)
 
 
+N_CTX = 4  # the default; another value set with a CTX_INIT phrase gets a note (context_length)
+
+
 def extend_cfg(cfg):
     from yacs.config import CfgNode as CN
     cfg.TRAINER.KGCOOP = CN()
-    cfg.TRAINER.KGCOOP.N_CTX = 4
+    cfg.TRAINER.KGCOOP.N_CTX = N_CTX
     cfg.TRAINER.KGCOOP.CTX_INIT = "a photo of a"
     cfg.TRAINER.KGCOOP.W = 8.0  # weight of the knowledge-guided loss (the released scripts' value)
     cfg.TRAINER.KGCOOP.PREC = "fp32"
@@ -35,9 +38,7 @@ def extend_cfg(cfg):
 class KgCoOpPromptLearner(nn.Module):
     def __init__(self, c, classnames, text_encoder):
         super().__init__()
-        n_ctx = c.N_CTX
-        if c.CTX_INIT:  # as in CoOp, an initial phrase fixes the context length to its token count
-            n_ctx = count_bpe_tokens(c.CTX_INIT.replace("_", " "), text_encoder.tokenizer)
+        n_ctx = context_length(c.N_CTX, c.CTX_INIT, text_encoder.tokenizer, "TRAINER.KGCOOP", N_CTX)
         ctx, prefix = init_context(text_encoder, n_ctx, c.CTX_INIT, owner="TRAINER.KGCOOP")
         print(f'Initial context: "{prefix}"')
         print(f"Number of context words (tokens): {n_ctx}")

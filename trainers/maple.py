@@ -14,6 +14,7 @@ import torch.nn as nn
 from dassl.engine import TRAINER_REGISTRY
 
 from .clip_prompting import ClassPrompts, DeepPromptedCLIP, PromptTuningTrainer, init_context
+from .clip_prompting.released import rename_released_keys, stack_released_layers
 
 
 def extend_cfg(cfg):
@@ -26,19 +27,21 @@ def extend_cfg(cfg):
 
 
 class MaPLePromptLearner(nn.Module):
-    def __init__(self, cfg, classnames, text_encoder, image_encoder):
+    """``node``: the config node holding the MaPLe keys (CoPrompt reuses this learner)."""
+
+    def __init__(self, cfg, classnames, text_encoder, image_encoder, node="MAPLE"):
         super().__init__()
-        c = cfg.TRAINER.MAPLE
-        image_encoder.require_vit("TRAINER.MAPLE", cfg.MODEL.BACKBONE.NAME)
+        c = getattr(cfg.TRAINER, node)
+        image_encoder.require_vit(f"TRAINER.{node}", cfg.MODEL.BACKBONE.NAME)
         layers = min(text_encoder.num_layers, image_encoder.num_layers)
         if not 1 <= c.PROMPT_DEPTH <= layers:
-            raise ValueError(f"TRAINER.MAPLE: PROMPT_DEPTH is {c.PROMPT_DEPTH}, but this CLIP has {layers} layers "
+            raise ValueError(f"TRAINER.{node}: PROMPT_DEPTH is {c.PROMPT_DEPTH}, but this CLIP has {layers} layers "
                              f"per encoder; use 1 (shallow) to {layers}.")
         if c.N_CTX < 1:
-            raise ValueError(f"TRAINER.MAPLE: N_CTX is {c.N_CTX}; MaPLe needs at least 1 prompt token.")
+            raise ValueError(f"TRAINER.{node}: N_CTX is {c.N_CTX}; it needs at least 1 prompt token.")
         n, depth = c.N_CTX, c.PROMPT_DEPTH
         d_t, d_v = text_encoder.width, image_encoder.width
-        ctx, prefix = init_context(text_encoder, n, c.CTX_INIT, owner="TRAINER.MAPLE")
+        ctx, prefix = init_context(text_encoder, n, c.CTX_INIT, owner=f"TRAINER.{node}")
         print(f'Initial context: "{prefix}"')
         print(f"Number of MaPLe context words (tokens): {n}, prompt depth {depth}")
         self.n_ctx = n
@@ -49,6 +52,11 @@ class MaPLePromptLearner(nn.Module):
         layer = nn.Linear(d_t, d_v)  # the deep couplings start as copies of one initialised layer
         self.compound_prompt_projections = nn.ModuleList(copy.deepcopy(layer) for _ in range(depth - 1))
         self.classes = ClassPrompts(text_encoder, classnames, prefix, n)
+
+    def from_released_state(self, state_dict):
+        """A released MaPLe checkpoint: the whole model, its deep text prompts one tensor per layer."""
+        state_dict = rename_released_keys(state_dict, {"prompt_learner.": ""}, ("prompt_learner.",), "MaPLe's code")
+        return stack_released_layers(state_dict, "compound_prompts_text")
 
     def forward(self):
         visual_deep = [proj(t) for proj, t in zip(self.compound_prompt_projections, self.compound_prompts_text)]
@@ -67,6 +75,7 @@ class MaPLe(PromptTuningTrainer):
     cfg_node = "MAPLE"
     model_name = "MultiModalPromptLearner"  # the released checkpoint folder name
     learnable_attr = "prompt_learner"
+    reference_half = ("ctx", "proj")  # released: the deep prompts and their projections stay fp32
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return MaPLeCLIP(cfg, classnames, clip_model)

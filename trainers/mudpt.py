@@ -26,6 +26,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .clip_prompting import ClassPrompts, DeepPromptedCLIP, PromptTuningTrainer, init_context
 from .clip_prompting.prompts import count_bpe_tokens
+from .clip_prompting.released import rename_released_keys
 
 INJECTIONS = ("transformer", "linear")
 NORMS = ("post", "pre")
@@ -181,6 +182,17 @@ class MultimodalPromptLearner(nn.Module):
             mapped = self.inj_t2v(torch.cat([self.text_ctx.unsqueeze(0), self.text_deep]))
             return mapped[0], mapped[1:]
         return None, (self.inj_t2v(self.text_deep) if self.inj_t2v is not None else None)
+
+    def from_released_state(self, state_dict):
+        """A checkpoint of the released linear MuDPT (HEAD ``MuDPT``): the whole model, the visual prompts
+        and their projection kept in its image encoder."""
+        return rename_released_keys(state_dict, {
+            "mudpt_prompt_learner.ctx": "text_ctx", "mudpt_prompt_learner.deep_prompts": "text_deep",
+            "mudpt_prompt_learner.embed_projection.": "shallow_t2v.",
+            "mudpt_prompt_learner.deep_projections.": "inj_t2v.proj.",
+            "image_encoder.visual_ctx_deep_projections.": "inj_v2t.proj.",
+            "image_encoder.visual_ctx_deep_prompts": "visual_deep", "image_encoder.visual_ctx": "visual_ctx",
+        }, ("mudpt_prompt_learner.",), "MuDPT's code")
 
     def forward(self):
         """Prompts for both encoders: shallow (n, d) and fused deep (D-1, n, d) of each modality."""

@@ -14,6 +14,8 @@ PROJECT_KEYS = (
     "DATASET.TAG",                 # the name of an own ImageFolder dataset in output paths
     "DATALOADER.SKIP_BAD_IMAGES",  # leave unreadable images out instead of stopping
     "MODEL.TEXT_CHUNK",            # the text pass in chunks, for large class counts
+    "DATASET.DESCRIPTIONS",        # class descriptions (JSON) for the methods that read them
+    "MODEL.REFERENCE_NUMERICS",    # the released code's numerics instead of this project's
 )
 
 _C = CN()
@@ -63,6 +65,7 @@ _C.DATASET.CIFAR_C_TYPE = ""
 _C.DATASET.CIFAR_C_LEVEL = 1
 _C.DATASET.ALL_AS_UNLABELED = False
 _C.DATASET.SUBSAMPLE_CLASSES = "all"  # all, base or new
+_C.DATASET.DESCRIPTIONS = ""  # JSON {class name: [sentences]}; empty: the synthetic benchmark's own
 _C.DATASET.TAG = ""  # own data (ImageFolder): name in output paths; empty: the root folder's
 
 # ---------------------------------------------------------------- data loader
@@ -96,6 +99,8 @@ _C.MODEL.BACKBONE.PATH = ""  # local CLIP weights file; empty means the CLIP cac
 # The text pass in chunks with recomputation, so step memory does not grow with the class count:
 # None / auto (chunk passes of more than 4096 tokens), 0 (off) or N class prompts per chunk.
 _C.MODEL.TEXT_CHUNK = None
+# True: reproduce the released code's numerics (fp16-rounded frozen weights, fp16 handling, reference forward)
+_C.MODEL.REFERENCE_NUMERICS = False
 _C.MODEL.HEAD = CN()
 _C.MODEL.HEAD.NAME = ""
 _C.MODEL.HEAD.HIDDEN_LAYERS = ()

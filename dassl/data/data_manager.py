@@ -1,5 +1,7 @@
 """``DataManager`` builds the dataset, transforms and loaders; ``DatasetWrapper``
 turns ``Datum`` lists into the batch dicts trainers consume."""
+import signal
+
 import torch
 from tabulate import tabulate
 from torch.utils.data import Dataset as TorchDataset
@@ -24,10 +26,11 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
                             batch_size=batch_size, n_domain=n_domain, n_ins=n_ins)
     if dataset_wrapper is None:
         dataset_wrapper = DatasetWrapper
-    # No private generator and no worker_init_fn, as in the original engine: the sampler's
-    # permutation and the main-process augmentations draw from torch's global RNG, and workers
-    # get torch's default seeding (base seed drawn from the global RNG + worker id). So a seeded
-    # run here sees the same batches and augmentations as the original code.
+    # No private generator, as in the original engine: the sampler's permutation and the
+    # main-process augmentations draw from torch's global RNG, and workers get torch's default
+    # seeding (base seed drawn from the global RNG + worker id). So a seeded run here sees the
+    # same batches and augmentations as the original code. The workers' only init (no RNG use):
+    # Ctrl-C is the main process's to handle (see ignore_interrupts).
     wrapper = dataset_wrapper(cfg, data_source, transform=tfm, is_train=is_train)
     wrapper.split_name = split_name  # named in the error for an unreadable image
     skip_bad = cfg.DATALOADER.get("SKIP_BAD_IMAGES", False)
@@ -39,10 +42,19 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
         drop_last=is_train and len(data_source) >= batch_size,
         pin_memory=(torch.cuda.is_available() and cfg.USE_CUDA),
         collate_fn=collate_readable if skip_bad else None,
+        worker_init_fn=ignore_interrupts if cfg.DATALOADER.NUM_WORKERS > 0 else None,
     )
     if len(loader) == 0:
         raise ValueError(_empty_split_message(cfg, split_name))
     return loader
+
+
+def ignore_interrupts(worker_id):
+    """In a loader worker: ignore Ctrl-C. A terminal sends it to the whole process group; the
+    main process then finishes its step, saves the position and stops the workers itself, where
+    workers dying of it would make the main process fail with "DataLoader worker exited
+    unexpectedly" before it can save."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _empty_split_message(cfg, split_name):

@@ -3,7 +3,9 @@
 A signal inside a training step only marks the stop; the trainer then writes the rolling
 checkpoint (with the position inside the epoch) and raises ``TrainingInterrupted``, which
 train.py turns into one line and exit code 128 + signal (130 for Ctrl-C, 143 for SIGTERM).
-A signal outside a step, or a second one, stops at once.
+A signal outside a step, or a second one, stops at once. train.py installs one more handler
+for the whole run (loading, evaluation, the final test), so that a signal there, too, ends
+with one line, its exit code and the output folder's lock released.
 """
 import contextlib
 import signal
@@ -22,8 +24,11 @@ class StopOnSignal:
     a saved position (``requested``); outside a step, or on a second signal, it stops at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    AT_ONCE = ("Stopped by {name}. Checkpoints of completed epochs are kept in the output folder: run "
+               "the same command again to resume from the newest one.")
 
-    def __init__(self):
+    def __init__(self, message=AT_ONCE):
+        self.message = message  # of a stop at once; "{name}" is the signal's name
         self.signum = None
         self._in_step = False
         self._previous = {}
@@ -36,9 +41,7 @@ class StopOnSignal:
         if self._in_step and self.signum is None:
             self.signum = signum
             return
-        raise TrainingInterrupted(signum, (
-            f"Stopped by {signal.Signals(signum).name}. Checkpoints of completed epochs are kept in "
-            "the output folder: run the same command again to resume from the newest one."))
+        raise TrainingInterrupted(signum, self.message.format(name=signal.Signals(signum).name))
 
     @contextlib.contextmanager
     def deferred(self):

@@ -13,6 +13,8 @@ each a fix or an addition that leaves a run's numbers unchanged:
 - ``model_backward_and_update`` also scales the loss and steps through the trainer's
   gradient scaler (``self.scaler``), so mixed precision needs no code in a trainer;
 - ``load_training_state`` restores on resume what ``training_state`` added to a checkpoint;
+- ``load_model`` refuses a run of another trainer (named by its results.json, config.yaml or
+  checkpoint), where the original would load matching tensors without a word;
 - scalars go to TensorBoard and to ``metrics.csv``; the ETA uses the whole run's pace.
 """
 import csv
@@ -37,13 +39,13 @@ from ..utils import (
 )
 from ..utils import distributed as dist
 from ..utils.env import get_rng_state, set_rng_state
-from ..utils.errors import CheckpointError, CheckpointNotFoundError
+from ..utils.errors import CheckpointError, CheckpointNotFoundError, OutputWriteError
 from ..utils.torchtools import (
     explain_shape_mismatch, newest_checkpoint, read_latest_checkpoint, require_state_dict,
     restore_checkpoint,
 )
 from .interrupt import StopOnSignal, TrainingInterrupted
-from .run_identity import check_identity
+from .run_identity import check_identity, check_model_trainer
 
 RESULTS_FILE = "results.json"  # written after the final test: the run is complete
 LAST_CHECKPOINT = "model-last.pth.tar"  # rolling: the newest epoch not kept as model.pth.tar-N
@@ -203,6 +205,11 @@ class TrainerBase:
                 "given: pass --model-dir <output folder of the training run> and "
                 "--load-epoch <epoch>."
             )
+        # Before looking for files: another trainer's folder holds other model folders.
+        cfg = getattr(self, "cfg", None)
+        trainer = self.identity.get("trainer") or (cfg.TRAINER.NAME if cfg is not None else None)
+        if names:
+            check_model_trainer(directory, trainer)
         for name in names:
             folder = osp.join(directory, name)
             model_file = f"model.pth.tar-{epoch}" if epoch is not None else newest_checkpoint(folder)
@@ -217,6 +224,8 @@ class TrainerBase:
                 print(f"No --load-epoch given: using {model_file}, the newest checkpoint in {folder}")
             checkpoint = load_checkpoint(model_path)
             require_state_dict(checkpoint, model_path)
+            check_model_trainer(directory, trainer, (checkpoint.get("identity") or {}).get("trainer"),
+                                f'recorded in "{model_path}"')
             print(f'Loading weights to {name} from "{model_path}" '
                   f"(epoch = {checkpoint.get('epoch')})")
             with explain_shape_mismatch(model_path, checkpoint, getattr(self, "cfg", None)):
@@ -307,8 +316,13 @@ class TrainerBase:
                 self._metrics_csv = csv.writer(self._metrics_file)
                 if new:
                     self._metrics_csv.writerow(["tag", "step", "value", "wall_time"])
-            self._metrics_csv.writerow([tag, global_step, f"{float(scalar_value):.6g}", f"{time.time():.3f}"])
-            self._metrics_file.flush()
+            try:
+                self._metrics_csv.writerow([tag, global_step, f"{float(scalar_value):.6g}", f"{time.time():.3f}"])
+                self._metrics_file.flush()
+            except OSError as exc:  # a full disk: one message, not a traceback
+                raise OutputWriteError(
+                    f'Cannot write "{osp.join(output_dir, METRICS_FILE)}": {exc.strerror or exc}. Free space '
+                    "(or make the folder writable) and run the same command again to resume.") from None
 
     # ---------------------------------------------------------------- loop
     def train(self, start_epoch, max_epoch):

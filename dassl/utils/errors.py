@@ -4,7 +4,8 @@ Everything else that goes wrong keeps its traceback (in log.txt too), because it
 investigate, not a setting to change.
 """
 
-__all__ = ["UserInputError", "CheckpointError", "CheckpointNotFoundError", "OutputWriteError",
+__all__ = ["UserInputError", "CheckpointError", "CheckpointNotFoundError", "UnusableCheckpointError",
+           "OutputWriteError",
            "BadImageError", "MissingImageError"]
 
 
@@ -18,6 +19,11 @@ class CheckpointError(UserInputError, ValueError):
 
 class CheckpointNotFoundError(UserInputError, FileNotFoundError):
     """No checkpoint where --model-dir / --load-epoch point (the original raises FileNotFoundError)."""
+
+
+class UnusableCheckpointError(CheckpointError, RuntimeError):
+    """A checkpoint not loaded as it is: its tensors are another model's (another trainer or
+    config), or it pickles Python objects (opt-in). A RuntimeError, as torch's own errors for both."""
 
 
 class OutputWriteError(OSError):

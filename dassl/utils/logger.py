@@ -23,15 +23,34 @@ class Logger:
 
     def write(self, msg):
         self.console.write(msg)
-        if not self.file.closed:
-            self.file.write(msg)
-            self.file.flush()  # keep the log complete if the process is killed
+        if self._file_usable():
+            try:
+                self.file.write(msg)
+                self.file.flush()  # keep the log complete if the process is killed
+            except OSError as exc:
+                self._give_up(exc)
 
     def flush(self):
         self.console.flush()
-        if not self.file.closed:
-            self.file.flush()
-            os.fsync(self.file.fileno())
+        if self._file_usable():
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            except OSError as exc:
+                self._give_up(exc)
+
+    def _file_usable(self):
+        return not self.file.closed and not getattr(self.file, "_tee_failed", False)
+
+    def _give_up(self, exc):
+        """A full disk (or a vanished folder) must not turn every print, the error message of
+        the run included, into a new error: the console keeps the output, with one note."""
+        try:
+            self.file._tee_failed = True  # shared by the stdout and stderr tees
+        except AttributeError:
+            pass
+        self.console.write(f"Note: the log file can no longer be written ({exc.strerror or exc}); "
+                           "the output continues on the console only.\n")
 
     def isatty(self):
         return False

@@ -33,6 +33,15 @@ def _process_start(pid):
         return None
 
 
+def _is_zombie(pid):
+    """A killed process stays a zombie (state Z) until its parent reaps it: dead, though it exists."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _process_alive(holder):
     pid = int(holder.get("pid", -1))
     if pid <= 0:
@@ -43,6 +52,8 @@ def _process_alive(holder):
         return False
     except PermissionError:  # exists, owned by someone else
         pass
+    if _is_zombie(pid):
+        return False
     recorded, current = holder.get("process_start"), _process_start(pid)
     return recorded is None or current is None or recorded == current
 

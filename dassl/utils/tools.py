@@ -61,11 +61,26 @@ def _atomic_write(fpath, write_fn, mode):
             if osp.exists(tmp):
                 os.remove(tmp)
             raise
-    except OSError as exc:
-        if isinstance(exc, OutputWriteError):
+    except Exception as exc:
+        cause = _os_error_behind(exc)
+        if cause is None or isinstance(exc, OutputWriteError):
             raise
-        raise OutputWriteError(f'Cannot write "{fpath}": {exc.strerror or exc}. Check that the '
-                               "folder is writable and the disk has space.") from exc
+        error = OutputWriteError(f'Cannot write "{fpath}": {cause.strerror or cause}. Check that the '
+                                 "folder is writable and the disk has space.")
+        error.errno = cause.errno  # callers tell a full disk (ENOSPC) apart; the message stays as is
+        raise error from exc
+
+
+def _os_error_behind(exc):
+    """The OSError that ``exc`` is or was raised from: torch.save reports a failed write (a full
+    disk) as "RuntimeError: [enforce fail at inline_container.cc]" raised while handling it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_write_text(fpath, text):

@@ -4,6 +4,7 @@ Checkpoints hold only tensors and plain containers, so they load with
 ``torch.load(weights_only=True)``. Checkpoints pickled by the original engine
 (which stored scheduler objects) load only on explicit opt-in.
 """
+import errno
 import os
 import os.path as osp
 import pickle
@@ -14,7 +15,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputWriteError, UnusableCheckpointError
 from .tools import atomic_write_bytes, atomic_write_text, listdir_nohidden, mkdir_if_missing
 
 __all__ = [
@@ -55,9 +56,18 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
     if not model_name:
         model_name = "model.pth.tar-" + str(state["epoch"])
     fpath = osp.join(save_dir, model_name)
-    atomic_write_bytes(fpath, lambda f: torch.save(state, f))
-    print(f"Checkpoint saved to {fpath}")
-    atomic_write_text(osp.join(save_dir, "checkpoint"), osp.basename(fpath) + "\n")
+    writing = fpath
+    try:
+        atomic_write_bytes(fpath, lambda f: torch.save(state, f))
+        print(f"Checkpoint saved to {fpath}")
+        writing = osp.join(save_dir, "checkpoint")
+        atomic_write_text(writing, osp.basename(fpath) + "\n")
+    except OutputWriteError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise OutputWriteError(
+            f'No space left on "{save_dir}" while writing "{writing}"; {_last_complete(save_dir)}; '
+            "free space and run the same command again to resume from it.") from None
     if is_best:
         best_fpath = osp.join(save_dir, "model-best.pth.tar")
         def _copy(dst):
@@ -66,6 +76,23 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
 
         atomic_write_bytes(best_fpath, _copy)
         print(f'Best checkpoint saved to "{best_fpath}"')
+
+
+def _last_complete(save_dir):
+    """Where the newest complete checkpoint of ``save_dir`` is, as a clause of a message."""
+    pointer = osp.join(save_dir, "checkpoint")
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            last = osp.join(save_dir, f.readline().strip())
+        if osp.isfile(last):
+            return f'the last complete checkpoint is "{last}"'
+    return "no checkpoint of this run is complete yet (it starts from the beginning)"
+
+
+# torch.save writes a zip archive; before PyTorch 1.6 a pickle (protocol 2 and up); before 0.4 a tar file.
+def _is_torch_file(head):
+    return (head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+            or head[257:262] == b"ustar")
 
 
 def load_checkpoint(fpath, allow_pickle=None):
@@ -81,12 +108,20 @@ def load_checkpoint(fpath, allow_pickle=None):
         raise FileNotFoundError('File is not found at "{}"'.format(fpath))
     if allow_pickle is None:
         allow_pickle = os.environ.get(ALLOW_PICKLE_ENV, "") not in ("", "0")
+    with open(fpath, "rb") as f:
+        head = f.read(262)
+    if not _is_torch_file(head):
+        # Neither unpickling nor DASSL_ALLOW_PICKLE can make anything of it: say what it is.
+        raise CheckpointError(
+            f'"{fpath}" is not a checkpoint: a file written by torch.save starts with a zip or pickle '
+            f"header, and this one starts with {head[:16]!r}{' (it is empty)' if not head else ''}. It was "
+            "replaced or damaged; copy the file the training run wrote, or train again.")
     map_location = None if torch.cuda.is_available() else "cpu"
     try:
         return torch.load(fpath, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if not allow_pickle:
-            raise RuntimeError(
+            raise UnusableCheckpointError(
                 f'Checkpoint "{fpath}" contains pickled Python objects (probably written by '
                 "the original Dassl engine), so it was not loaded with weights_only=True. "
                 f"If you trust the file, set {ALLOW_PICKLE_ENV}=1 to load it anyway."
@@ -133,15 +168,16 @@ def load_trainable_state_dict(model, state_dict, source="checkpoint"):
     """Load ``state_dict`` strictly over the subset ``trainable_state_dict`` saves.
 
     Class-dependent buffers in ``state_dict`` are ignored (they belong to the class
-    set of the saving run). Extra keys that exist in the model (e.g. frozen weights
+    set of the saving run). A module with ``from_released_state`` first converts a checkpoint
+    written by the released code of its method into its own names. Extra keys that exist in the model (e.g. frozen weights
     in a full checkpoint) are loaded too; keys the model lacks are an error.
     """
     module = _unwrap(model)
     skip = class_dependent_buffer_names(module)
-    state_dict = OrderedDict(
-        (k, v) for k, v in _strip_module_prefix(state_dict).items()
-        if k.rsplit(".", 1)[-1] not in skip
-    )
+    state_dict = _strip_module_prefix(state_dict)
+    if hasattr(module, "from_released_state"):  # a checkpoint of the released code, in its names
+        state_dict = module.from_released_state(state_dict)
+    state_dict = OrderedDict((k, v) for k, v in state_dict.items() if k.rsplit(".", 1)[-1] not in skip)
     expected = set(trainable_state_dict(module).keys())
     known = set(module.state_dict().keys())
     missing = sorted(expected - set(state_dict))
@@ -150,7 +186,7 @@ def load_trainable_state_dict(model, state_dict, source="checkpoint"):
         def _short(keys):
             return keys[:8] + (["..."] if len(keys) > 8 else [])
 
-        raise RuntimeError(
+        raise UnusableCheckpointError(
             f"{source} does not match {type(module).__name__}: missing keys {_short(missing)}, "
             f"unexpected keys {_short(unexpected)}. Was it saved by another trainer or with a "
             "different config (e.g. number of context tokens or prompt depth)?"

@@ -7,6 +7,7 @@ the layout of the CoOp datasets::
     synthetic_shapes/split_zhou_SyntheticShapes.json     [relpath, label, classname] lists
     synthetic_shapes/classnames.txt                      one class name per line, by label
     synthetic_shapes/generator.json                      what drew the images (checked on load)
+    synthetic_shapes/descriptions.json                   class descriptions (DATASET.DESCRIPTIONS form)
 
 The images come from the benchmark domain (every colour washed out 80% of the way to its
 grey), not the full colours of pretraining, so zero-shot CLIP is imperfect and prompt tuning
@@ -28,6 +29,7 @@ from dassl.data.datasets.base_dataset import Datum
 from dassl.utils import atomic_write_text, read_json, write_json
 
 from ..benchmark import BenchmarkDataset, DatasetNotFoundError, dataset_root
+from ..descriptions import synthetic_descriptions_text
 from . import world
 
 GENERATOR = {"version": 2, "domain": "benchmark", "seed": 13}
@@ -72,6 +74,8 @@ def write_benchmark(dataset_dir, classes=None, sizes=None):
                 split[part].append([relpath, label, name])
     write_json(split, os.path.join(dataset_dir, SPLIT_FILE))
     atomic_write_text(os.path.join(dataset_dir, "classnames.txt"), "".join(name + "\n" for name in classes))
+    # what the description-reading methods use when DATASET.DESCRIPTIONS is unset, for people to read
+    atomic_write_text(os.path.join(dataset_dir, "descriptions.json"), synthetic_descriptions_text())
     generator = dict(GENERATOR, classes=len(classes), images_per_class=sizes)
     write_json(generator, os.path.join(dataset_dir, "generator.json"))
     return split

@@ -126,15 +126,30 @@ fi
 [ -n "$CFG" ] || die "$METHOD_DIR/method.sh names no config for the $PROTOCOL_GROUP protocol."
 CFG_FILE="configs/trainers/${TRAINER}/${CFG}.yaml"
 DATASET_FILE="configs/datasets/${DATASET}.yaml"
-[ -f "$CFG_FILE" ] || die "config file $CFG_FILE not found (named by $METHOD_DIR/method.sh)."
+if [ ! -f "$CFG_FILE" ]; then
+    configs=$(cd "configs/trainers/${TRAINER}" 2>/dev/null && ls -- *.yaml 2>/dev/null | sed 's/\.yaml$//' | tr '\n' ' ' || true)
+    configs=${configs% }
+    [ -z "$CFG_FROM_ENV" ] ||
+        die "CFG=$CFG_FROM_ENV names no config of $TRAINER: $CFG_FILE does not exist. Configs of $TRAINER: ${configs:-none}. Set CFG to one of them, or unset CFG for the default of this protocol."
+    die "config file $CFG_FILE not found (named by $METHOD_DIR/method.sh). Configs of $TRAINER: ${configs:-none}"
+fi
 if [ ! -f "$DATASET_FILE" ]; then
     known=$(cd configs/datasets 2>/dev/null && ls -- *.yaml 2>/dev/null | sed 's/\.yaml$//' | tr '\n' ' ')
     die "unknown dataset '$DATASET': $DATASET_FILE does not exist. Known datasets: ${known:-none}"
 fi
 
+# ---- DePT (TRAINER.DEPT.ENABLED True among the options): another method, folders of its own -----
+CFG_IN_PATHS=$CFG
+DEPT=False
+for ((i = 0; i < ${#EXTRA_OPTS[@]}; i += 2)); do
+    [ "${EXTRA_OPTS[i]}" != TRAINER.DEPT.ENABLED ] || DEPT=${EXTRA_OPTS[i + 1]}
+done
+[ "$DEPT" != True ] || [[ "$CFG" == *_dept ]] || CFG_IN_PATHS="${CFG}_dept"
+
 # ---- the dataset's name in output folders ----------------------------------------------
 NAME_IN_PATHS=$DATASET
 TAG_OPTS=()
+IDENTITY=()  # recorded facts of a finished run that must match before it is skipped
 if [ "$DATASET" = image_folder ]; then
     # Own datasets are told apart by their tag, or two of them would share output folders.
     TAG=${TAG:-$(basename "$DATA")}
@@ -144,6 +159,8 @@ if [ "$DATASET" = image_folder ]; then
         die "TAG='$TAG' (own data in $DATA) is also the name of a benchmark dataset or output folder; set TAG=another name."
     NAME_IN_PATHS=$TAG
     TAG_OPTS=(DATASET.TAG "$TAG")
+    # Own data is the data in its folder: another folder of the same name is another run.
+    IDENTITY=("data_root=$DATA")
 fi
 
 max_epoch_of() {  # OPTIM.MAX_EPOCH of a yacs config file
@@ -157,21 +174,21 @@ max_epoch_of() {  # OPTIM.MAX_EPOCH of a yacs config file
 MODEL_DIR=""
 case "$PROTOCOL" in
     base2new_train)
-        DIR="$OUTPUT/base2new/train_base/${NAME_IN_PATHS}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
+        DIR="$OUTPUT/base2new/train_base/${NAME_IN_PATHS}/shots_${SHOTS}/${TRAINER}/${CFG_IN_PATHS}/seed${SEED}"
         PROTOCOL_OPTS=(DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base) ;;
     base2new_test)
-        DIR="$OUTPUT/base2new/test_new/${NAME_IN_PATHS}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
-        MODEL_DIR="$OUTPUT/base2new/train_base/${NAME_IN_PATHS}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}"
+        DIR="$OUTPUT/base2new/test_new/${NAME_IN_PATHS}/shots_${SHOTS}/${TRAINER}/${CFG_IN_PATHS}/seed${SEED}"
+        MODEL_DIR="$OUTPUT/base2new/train_base/${NAME_IN_PATHS}/shots_${SHOTS}/${TRAINER}/${CFG_IN_PATHS}/seed${SEED}"
         PROTOCOL_OPTS=(DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES new) ;;
     few_shot)
-        DIR="$OUTPUT/${NAME_IN_PATHS}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
+        DIR="$OUTPUT/${NAME_IN_PATHS}/${TRAINER}/${CFG_IN_PATHS}_${SHOTS}shots/seed${SEED}"
         PROTOCOL_OPTS=(DATASET.NUM_SHOTS "$SHOTS") ;;
     xd_train)
-        DIR="$OUTPUT/imagenet/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
+        DIR="$OUTPUT/imagenet/${TRAINER}/${CFG_IN_PATHS}_${SHOTS}shots/seed${SEED}"
         PROTOCOL_OPTS=(DATASET.NUM_SHOTS "$SHOTS") ;;
     xd_test)
-        DIR="$OUTPUT/evaluation/${TRAINER}/${CFG}_${SHOTS}shots/${NAME_IN_PATHS}/seed${SEED}"
-        MODEL_DIR="$OUTPUT/imagenet/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}"
+        DIR="$OUTPUT/evaluation/${TRAINER}/${CFG_IN_PATHS}_${SHOTS}shots/${NAME_IN_PATHS}/seed${SEED}"
+        MODEL_DIR="$OUTPUT/imagenet/${TRAINER}/${CFG_IN_PATHS}_${SHOTS}shots/seed${SEED}"
         PROTOCOL_OPTS=() ;;
 esac
 
@@ -207,7 +224,7 @@ if [ -f "$DIR/results.json" ]; then
     STATUS=done
     # A finished run is skipped only if it is this run (another seed, shots or tag is refused).
     python3 "$REPO/scripts/common/same_run.py" "$DIR/results.json" "trainer=$TRAINER" "seed=$SEED" \
-        "config=$CFG" -- "${PROTOCOL_OPTS[@]}" "${TAG_OPTS[@]}" "${EXTRA_OPTS[@]}" || exit 2
+        "config=$CFG" "${IDENTITY[@]}" -- "${PROTOCOL_OPTS[@]}" "${TAG_OPTS[@]}" "${EXTRA_OPTS[@]}" || exit 2
 elif [ -e "$DIR/log.txt" ]; then
     STATUS=partial
 else

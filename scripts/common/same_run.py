@@ -1,6 +1,6 @@
 """Is the finished run in an output folder the run a script is about to skip? (stdlib only, fast)
 
-    python3 same_run.py RESULTS_JSON trainer=T seed=S config=C -- [KEY VALUE ...]
+    python3 same_run.py RESULTS_JSON trainer=T seed=S config=C [data_root=DIR] -- [KEY VALUE ...]
 
 The KEY VALUE pairs are the command's config overrides; DATASET.NUM_SHOTS, .SUBSAMPLE_CLASSES and
 .TAG among them are compared too (the last value given wins, as in yacs). Exit 0 when every
@@ -8,6 +8,7 @@ recorded field agrees, 2 with one message naming the differences otherwise. A re
 without an identity (written by an older version) is accepted.
 """
 import json
+import os
 import sys
 
 OVERRIDES = {"DATASET.NUM_SHOTS": ("num_shots", int), "DATASET.SUBSAMPLE_CLASSES": ("subsample", str),
@@ -28,17 +29,27 @@ def expected_identity(args):
     return expected
 
 
+def same(key, recorded, value):
+    if key == "data_root":  # one folder, however its path is spelt
+        return os.path.realpath(recorded) == os.path.realpath(value)
+    return recorded == value
+
+
 def main(argv):
     path, args = argv[0], argv[1:]
     with open(path) as f:
         recorded = json.load(f).get("identity") or {}
     expected = expected_identity(args)
     differences = [f"{key}: {recorded[key]!r} there, {value!r} here" for key, value in expected.items()
-                   if recorded.get(key) is not None and recorded[key] != value]
+                   if recorded.get(key) is not None and not same(key, recorded[key], value)]
     if differences:
+        hint = ""
+        if "data_root" in {difference.split(":")[0] for difference in differences}:
+            hint = (" Two own datasets in folders of the same name need names of their own: set "
+                    "TAG=NAME for this one.")
         print(f"{path} records a run with other settings ({'; '.join(differences)}): it is not the "
               "run this script would make, so it is neither skipped nor overwritten. Use another "
-              "OUTPUT, or delete that folder if its run is no longer needed.", file=sys.stderr)
+              f"OUTPUT, or delete that folder if its run is no longer needed.{hint}", file=sys.stderr)
         return 2
     return 0
 

@@ -2,7 +2,8 @@
 
 Methods never touch a library's code: they hand these encoders what they add at each block,
 and ``run_blocks`` applies it: prompts spliced in before a block (``hook``), low-rank updates
-inside its attention (``lora``), adapters acting after it (``after``). Sequences are
+inside its attention (``lora``), adapters acting after it (``after``) or inside it, on what its
+attention reads and on its MLP's hidden layer (``inside``). Sequences are
 batch-first, (N, L, D), throughout. The encoders take a backbone (``backbones.as_backbone``:
 OpenAI CLIP, OpenCLIP with native or timm towers, Hugging Face CLIP) and run its parts.
 
@@ -10,7 +11,8 @@ Two execution paths compute the same function:
 - fast (default): attention through ``scaled_dot_product_attention`` and, for a causal text
   tower, the sequence cut after the last pooled (EOT) token. Both are exact: the causal mask
   means no token before EOT can see the padding that is cut away, and LoRA and adapters act on
-  each token separately.
+  each token separately (additions that mix neighbouring tokens name their ``reach``: the cut
+  keeps that many tokens more).
 - reference (``fast=False``): the library's own blocks over the whole context (LoRA merged into
   their weights), the straightforward implementation the fast path is tested and benchmarked
   against.
@@ -28,7 +30,8 @@ def splice(x, tokens, start):
     n = tokens.shape[-2]
     if tokens.dim() == 2:
         tokens = tokens.unsqueeze(0)
-    tokens = tokens.to(x.dtype).expand(x.shape[0], -1, -1)
+    # expand, then cast: in fp16 the backward sums the batch's gradients in the prompts' fp32, as released
+    tokens = tokens.expand(x.shape[0], -1, -1).to(x.dtype)
     start = start % x.shape[1]
     return torch.cat([x[:, :start], tokens, x[:, start + n:]], dim=1)
 
@@ -82,12 +85,15 @@ def chunk_rows(setting, rows, length):
     return setting if 0 < setting < rows else None
 
 
-def run_blocks(blocks, x, causal, hook=None, fast=True, after=None, lora=None, context=None, start=0, stop=None):
+def run_blocks(blocks, x, causal, hook=None, fast=True, after=None, lora=None, context=None, start=0, stop=None,
+               inside=None):
     """Run blocks ``start``..``stop``-1 of a BlockStack with a method's additions at each block i.
 
     ``hook(i, x)`` runs before block i (prompts); ``lora.at(i)`` (an EncoderLoRA) updates its
     attention projections; ``after(i, x_in, x_out)`` runs after it and sees the block's input
-    and output (adapters). ``context``: what the tower's blocks need besides x (rotary embeddings).
+    and output (adapters). ``inside(i, site, h)`` rewrites, within the block, what its attention
+    reads (site "norm1") and its MLP's hidden layer (site "mlp_hidden"), batch-first (adapters).
+    ``context``: what the tower's blocks need besides x (rotary embeddings).
     ``blocks`` may also be a list of OpenAI CLIP blocks (e.g. a slice of ``transformer.resblocks``).
     """
     if not isinstance(blocks, BlockStack):
@@ -96,7 +102,7 @@ def run_blocks(blocks, x, causal, hook=None, fast=True, after=None, lora=None, c
         if hook is not None:
             x = hook(index, x)
         updates = lora.at(index) if lora is not None else None
-        y = blocks.run(index, x, causal, updates, fast, context)
+        y = blocks.run(index, x, causal, updates, fast, context, inside)
         x = y if after is None else after(index, x, y)
     return x
 
@@ -170,18 +176,19 @@ class TextEncoder(TowerParts, nn.Module):
         """Text block ``index`` alone on x (fast path, no additions)."""
         return run_blocks(self.tower.blocks, x, self.causal, start=index, stop=index + 1)
 
-    def forward(self, embeddings, eot_index, hook=None, after=None, lora=None):
+    def forward(self, embeddings, eot_index, hook=None, after=None, lora=None, inside=None):
         """embeddings (C, L, D) prompt-token embeddings; eot_index (C,) the pooled positions.
 
-        ``hook``, ``after`` and ``lora``: the method's additions at each block (see ``run_blocks``).
+        ``hook``, ``after``, ``lora`` and ``inside``: the method's additions at each block (see
+        ``run_blocks``); ``inside.reach`` (if any): how many later tokens a token's result reads.
         A long pass runs in chunks of sequences (``self.chunk``); hooks with per-sequence prompts
         are cut to each chunk (``hook.rows``), adapters and LoRA act per sequence anyway.
         """
         rows = embeddings.shape[0]
-        length = int(eot_index.max()) + 1 if self.fast and self.tower.causal else embeddings.shape[1]
+        length = self.pass_length(embeddings, eot_index, inside)
         size = chunk_rows(self.chunk, rows, length)
         if size is None or (hook is not None and not hasattr(hook, "rows")):
-            return self.text_pass(embeddings, eot_index, hook, after, lora)
+            return self.text_pass(embeddings, eot_index, hook, after, lora, inside)
         if not self.chunk_logged and torch.is_grad_enabled():
             self.chunk_logged = True
             print(f"Text pass in chunks: {rows} sequences of {length} tokens, {size} per chunk, recomputed in the "
@@ -190,19 +197,26 @@ class TextEncoder(TowerParts, nn.Module):
         # split, not slices: the chunks' gradients meet in one (C, L, D) tensor, not one per chunk
         for start, chunk, eot in zip(range(0, rows, size), embeddings.split(size), eot_index.split(size)):
             chunk_hook = None if hook is None else hook.rows(slice(start, start + size))
-            args = (chunk, eot, chunk_hook, after, lora)
+            args = (chunk, eot, chunk_hook, after, lora, inside)
             if torch.is_grad_enabled():  # keep the pooled features only; recompute in backward
                 features.append(checkpoint(self.text_pass, *args, use_reentrant=False, preserve_rng_state=True))
             else:
                 features.append(self.text_pass(*args))
         return torch.cat(features)
 
-    def text_pass(self, embeddings, eot_index, hook=None, after=None, lora=None):
+    def pass_length(self, embeddings, eot_index, inside=None):
+        """Tokens the pass runs on: the fast path of a causal tower cuts after the last pooled token
+        (plus the ``reach`` of additions that read later tokens); otherwise the whole context."""
+        if not (self.fast and self.tower.causal):
+            return embeddings.shape[1]
+        return min(embeddings.shape[1], int(eot_index.max()) + 1 + getattr(inside, "reach", 0))
+
+    def text_pass(self, embeddings, eot_index, hook=None, after=None, lora=None, inside=None):
         """One pass of the text tower over all the given sequences."""
         tower = self.tower
-        length = int(eot_index.max()) + 1 if self.fast and tower.causal else embeddings.shape[1]
-        x = self.positioned(embeddings[:, :length])
-        x = run_blocks(tower.blocks, x, causal=tower.causal, hook=hook, fast=self.fast, after=after, lora=lora)
+        x = self.positioned(embeddings[:, :self.pass_length(embeddings, eot_index, inside)])
+        x = run_blocks(tower.blocks, x, causal=tower.causal, hook=hook, fast=self.fast, after=after, lora=lora,
+                       inside=inside)
         x = tower.ln_final(x).type(self.dtype)
         rows = torch.arange(x.shape[0], device=x.device)
         return tower.project(x[rows, eot_index.to(x.device)])
@@ -264,7 +278,7 @@ class ImageEncoder(TowerParts, nn.Module):
         """x (B, L, D) with ``prompts`` (n, D) or (B, n, D) added at the tower's prompt place."""
         if prompts.dim() == 2:
             prompts = prompts.unsqueeze(0)
-        prompts = prompts.type(self.dtype).expand(x.shape[0], -1, -1)
+        prompts = prompts.expand(x.shape[0], -1, -1).type(self.dtype)  # cast after expanding, as splice
         if self.tower.prompt_placement == "prefix":
             at = self.tower.num_prefix_tokens
             return torch.cat([x[:, :at], prompts, x[:, at:]], dim=1)
@@ -281,14 +295,14 @@ class ImageEncoder(TowerParts, nn.Module):
         """The tower's own tokens (B, L, D) before the pre-norm: class/prefix tokens and patches."""
         return self.tower.embed(images)[0]
 
-    def forward(self, images, prompts=None, hook=None, after=None, lora=None):
+    def forward(self, images, prompts=None, hook=None, after=None, lora=None, inside=None):
         """images (B, 3, H, W); prompts (n, D) or (B, n, D) inserted before the pre-norm (ln_pre).
 
-        ``hook`` (block 0 sees the output of the pre-norm), ``after`` and ``lora``: the method's
-        additions at each block (see ``run_blocks``).
+        ``hook`` (block 0 sees the output of the pre-norm), ``after``, ``lora`` and ``inside``: the
+        method's additions at each block (see ``run_blocks``).
         """
         if not self.is_vit:
-            if any(a is not None for a in (prompts, hook, after, lora)):
+            if any(a is not None for a in (prompts, hook, after, lora, inside)):
                 self.require_vit("ImageEncoder")
             return self.tower.plain(images)
         x, context = self.tower.embed(images)
@@ -299,7 +313,7 @@ class ImageEncoder(TowerParts, nn.Module):
         if context is not None:
             context = dict(context, own=own, num_prefix=self.tower.num_prefix_tokens)
         x = run_blocks(self.tower.blocks, x, causal=False, hook=hook, fast=self.fast, after=after, lora=lora,
-                       context=context)
+                       context=context, inside=inside)
         return self.tower.pool(self.remove_prompts(x, x.shape[1] - own))
 
 

@@ -28,6 +28,10 @@ class PromptedCLIP(nn.Module):
     """
 
     text_depends_on_image = False
+    # Features are compared in fp32; None keeps the encoders' dtype, as the released code does in
+    # fp16 (the trainer's reference numerics, MODEL.REFERENCE_NUMERICS).
+    feature_dtype = torch.float32
+    fast = True  # False (set_fast_paths): per-image scoring computed as the released code does
     class_dependent_buffers = ("token_prefix", "token_suffix", "tokenized_prompts")
 
     def __init__(self, clip_model):
@@ -53,9 +57,15 @@ class PromptedCLIP(nn.Module):
     def encode_image(self, images, prompts):
         return self.image_encoder(images)
 
+    def normalise(self, features):
+        """L2-normalised ``features``, in ``feature_dtype``."""
+        if self.feature_dtype is not None:
+            features = features.to(self.feature_dtype)
+        return F.normalize(features, dim=-1)
+
     def text_features(self):
         """Normalised class text features (C, E)."""
-        return F.normalize(self.encode_text(self.prompts()).float(), dim=-1)
+        return self.normalise(self.encode_text(self.prompts()))
 
     def text_state(self):
         """The text state when it does not depend on the image: what evaluation computes once
@@ -69,15 +79,17 @@ class PromptedCLIP(nn.Module):
         """Step 1: normalised image features (B, E) and the text state that scores them; a given
         text state (from ``text_state()``) is used as it is."""
         prompts = self.prompts()
-        image_features = F.normalize(self.encode_image(images, prompts).float(), dim=-1)
+        image_features = self.normalise(self.encode_image(images, prompts))
         if text_state is None:
-            text_state = F.normalize(self.encode_text(prompts).float(), dim=-1)
+            text_state = self.normalise(self.encode_text(prompts))
         return image_features, text_state
 
     def logits(self, image_features, text_state):
         """Step 2: scaled cosine similarities (B, C) with class features shared by the batch
         (C, E) or one set per image (B, C, E)."""
-        if text_state.dim() == 3:
+        if text_state.dim() == 3 and not self.fast:  # one image at a time, as released
+            logits = torch.stack([self.logit_scale * f @ t.t() for f, t in zip(image_features, text_state)])
+        elif text_state.dim() == 3:
             logits = self.logit_scale * torch.einsum("be,bce->bc", image_features, text_state)
         else:
             logits = self.logit_scale * image_features @ text_state.t()

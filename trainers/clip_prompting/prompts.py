@@ -19,6 +19,21 @@ def count_bpe_tokens(text, tokenizer=None):
     return int(tokenize([text]).argmax(dim=-1)) - 1
 
 
+def context_length(n_ctx, ctx_init, tokenizer, owner, default):
+    """CoOp's rule, kept by CoOp, CoCoOp and KgCoOp: a CTX_INIT phrase fixes the number of context
+    vectors to its token count, whatever N_CTX says. An N_CTX that differs from that count and from
+    the node's ``default`` (so the user set it) is dropped with one note naming both values."""
+    ctx_init = ctx_init.replace("_", " ").strip()
+    if not ctx_init:
+        return n_ctx
+    count = count_bpe_tokens(ctx_init, tokenizer)
+    if n_ctx not in (count, default):
+        print(f'Note: {owner}.N_CTX {n_ctx} is not used: CTX_INIT "{ctx_init}" has {count} tokens, so the '
+              f"context has {count} vectors (the original code's rule: CTX_INIT decides the length). "
+              f'For {n_ctx} randomly initialised vectors set {owner}.CTX_INIT "".')
+    return count
+
+
 def init_context(text_encoder, n_ctx, ctx_init="", std=0.02, owner="TRAINER"):
     """Learnable context vectors and the prompt prefix text they stand for.
 
