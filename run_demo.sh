@@ -54,5 +54,6 @@ $PY parse_test_res.py --tables "$OUTPUT" --table base2new
 echo
 [ "${FULL:-0}" = 1 ] || echo "Demo settings (FULL=1 runs the configs' own): 16 shots, no random crops;
 CoOp 20 epochs at LR 0.005 (config: 200 at 0.002), CoCoOp 2 epochs at LR 0.005 (10 at 0.002),
-MuDPT 3 of 10 epochs; the first epoch is warm-up."
+MuDPT 3 of 10 epochs (METHODS with mmrl: 2 epochs at LR 0.005, config 10 at 0.001; hicropl: 2 epochs
+at LR 0.01 with 4 prompt tokens, config 50 at 0.0025 with 16); the first epoch is warm-up."
 echo "Runs and logs are under $OUTPUT/base2new/."

@@ -103,7 +103,8 @@ def save_beside_data(path, dataset_dir, write, what):
             return None
     if dataset_dir not in _NOTED_READ_ONLY:
         _NOTED_READ_ONLY.add(dataset_dir)
-        print(f"Note: the dataset folder {dataset_dir} cannot be written ({getattr(reason, 'strerror', None) or reason}); "
+        why = getattr(reason, "strerror", None) or reason
+        print(f"Note: the dataset folder {dataset_dir} cannot be written ({why}); "
               f"its caches are kept per user in {os.path.normpath(user_cache_path(dataset_dir, dataset_dir))} "
               "(set XDG_CACHE_HOME to move them).")
     return fallback

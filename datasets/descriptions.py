@@ -74,8 +74,9 @@ def _normalised(name):
 def match_classes(table, classnames, source):
     """[[sentence, ...] per class name] from ``table`` {name: sentences}; a clear error for anything else."""
     if not isinstance(table, dict) or not table:
-        raise DescriptionsError(f"The descriptions in {source} are {'empty' if table in ({}, []) else 'not a JSON object'}"
-                                '. Expected {"class name": ["sentence", ...], ...} with every class of the dataset.')
+        what = "empty" if table in ({}, []) else "not a JSON object"
+        raise DescriptionsError(f"The descriptions in {source} are {what}. Expected "
+                                '{"class name": ["sentence", ...], ...} with every class of the dataset.')
     by_normalised = {}
     for name in table:
         by_normalised.setdefault(_normalised(name), []).append(name)

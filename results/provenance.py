@@ -2,10 +2,11 @@
 
 Per run: the config file and the overrides given on the command line (the ``opts`` of the
 arguments block), the method's own config keys (CoOp's context length as it ran when CTX_INIT
-sets it), the class descriptions file it read (name and hash), the precision that ran, the architecture of the loaded CLIP weights and the number of
-trainable parameters (these from the run's run_facts.json; for an older run without one, from
-the lines its log printed). So a MuDPT row shows at a glance whether it is the paper's design or a
-released variant, and a run trained with other settings (``OPTIM.MAX_EPOCH 1``) shows as such.
+sets it), the class descriptions file it read (name and hash), the precision that ran, the
+architecture of the loaded CLIP weights and the number of trainable parameters (these from the
+run's run_facts.json; for an older run without one, from the lines its log printed). So a MuDPT
+row shows at a glance whether it is the paper's design or a released variant, and a run trained
+with other settings (``OPTIM.MAX_EPOCH 1``) shows as such.
 
 One row per trainer, config folder and distinct settings, with its number of runs. The
 training runs describe a row; eval-only runs (new classes, cross-dataset targets) only load

@@ -58,7 +58,8 @@ def released_maple(learner):
 def released_mudpt(learner):
     """The released linear MuDPT saves the whole model; its visual prompts live in the image encoder."""
     state = {"mudpt_prompt_learner.ctx": learner.text_ctx, "mudpt_prompt_learner.deep_prompts": learner.text_deep,
-             "image_encoder.visual_ctx": learner.visual_ctx, "image_encoder.visual_ctx_deep_prompts": learner.visual_deep,
+             "image_encoder.visual_ctx": learner.visual_ctx,
+             "image_encoder.visual_ctx_deep_prompts": learner.visual_deep,
              "image_encoder.proj": torch.zeros(1), "mudpt_prompt_learner.token_prefix": torch.zeros(1)}
     for theirs, ours in (("mudpt_prompt_learner.embed_projection", learner.shallow_t2v),
                          ("mudpt_prompt_learner.deep_projections", learner.inj_t2v.proj),

@@ -1,10 +1,18 @@
-"""train.py driven in-process by the tests: its command line, exit code and messages."""
+"""train.py driven by the tests: in-process (its command line, exit code and messages), or through a
+method's experiment scripts."""
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import train
 from dassl.utils.logger import close_logger
 
 FAST = ["DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "16"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def train_argv(data_root, clip_path, out, trainer, config, dataset="caltech101", flags=(), opts=()):
@@ -48,3 +56,46 @@ def run_log(argv):
 def restore_streams():
     yield
     close_logger()
+
+
+def base2new_through_scripts(folder, dataset, data_root, clip_path, out, opts=()):
+    """``scripts/<folder>/base2new_train.sh`` then ``base2new_test.sh`` on ``dataset`` (seed 1), each
+    checked to have run to its result (the test on the new classes): (train run folder, its log, test log)."""
+    env = dict(os.environ, DATA=str(data_root), CLIP_PATH=str(clip_path), OUTPUT=str(out), PYTHON=sys.executable,
+               OMP_NUM_THREADS="1")
+    runs = []
+    for script, kind in (("base2new_train.sh", "train_base"), ("base2new_test.sh", "test_new")):
+        done = subprocess.run(["bash", f"scripts/{folder}/{script}", dataset, "1", *FAST, *opts], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        found = glob.glob(os.path.join(str(out), "base2new", kind, dataset, "shots_*", "*", "*", "seed1"))
+        assert len(found) == 1, found
+        runs.append(Path(found[0]))
+    train_log, test_log = ((run / "log.txt").read_text() for run in runs)
+    assert "Finish training" in train_log and "* accuracy:" in train_log
+    assert "SUBSAMPLE NEW CLASSES!" in test_log and "* accuracy:" in test_log
+    return runs[0], train_log, test_log
+
+
+class Killed(Exception):
+    """A run stopped as a killed job: right after an epoch's checkpoint."""
+
+
+def run_in_process(argv, kill_after_epoch=None):
+    """train.py's run of ``argv`` in this process: (trainer, the epochs it trained, 0-based). With
+    ``kill_after_epoch`` (1-based) it stops with ``Killed`` right after that epoch's checkpoint."""
+    args = train.parse_args(argv)
+    trainer = train.prepare(args)
+    epochs, after_epoch = [], trainer.after_epoch
+
+    def after_epoch_then_maybe_die():
+        epochs.append(trainer.epoch)
+        after_epoch()
+        if trainer.epoch + 1 == kill_after_epoch:
+            raise Killed
+    trainer.after_epoch = after_epoch_then_maybe_die
+    try:
+        train.run(trainer, args)
+    finally:
+        close_logger()
+    return trainer, epochs

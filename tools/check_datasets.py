@@ -5,8 +5,8 @@
 NAME is a configs/datasets file stem (oxford_pets, imagenet, ...) or a registry
 name (OxfordPets). Without --dataset every known dataset is checked. Own data
 (--dataset image_folder, --root its folder) has every image opened as training opens
-it, so a broken image makes it unusable. Nothing is written or downloaded. The exit status is 1 when a dataset named with --dataset
-cannot be used, else 0.
+it, so a broken image makes it unusable. Nothing is written or downloaded. The exit
+status is 1 when a dataset named with --dataset cannot be used, else 0.
 """
 import argparse
 import os

@@ -1,7 +1,8 @@
 """CLIP-LoRA: low-rank adaptation of both CLIP encoders (Zanella and Ben Ayed, CVPRW 2024).
 
-Frozen CLIP with a hand-crafted prompt and low-rank updates W + ALPHA / sqrt(RANK) * B A of the attention projections PARAMS
-(q, k, v; o is the output projection) in the blocks POSITION of the ENCODER(s). A is
+Frozen CLIP with a hand-crafted prompt and low-rank updates W + ALPHA / sqrt(RANK) * B A of the
+attention projections PARAMS (q, k, v; o is the output projection) in the blocks POSITION of the
+ENCODER(s). A is
 initialised as nn.Linear's weights, B at zero, so training starts from zero-shot CLIP; dropout
 DROPOUT_RATE acts on the input of each update during training.
 

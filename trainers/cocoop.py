@@ -41,7 +41,8 @@ class CoCoOpPromptLearner(nn.Module):
 
     def from_released_state(self, state_dict):
         """A released CoCoOp checkpoint: its meta-net's layers are named linear1/linear2."""
-        return rename_released_keys(state_dict, {"meta_net.linear1.": "meta_net.0.", "meta_net.linear2.": "meta_net.2."})
+        return rename_released_keys(state_dict, {"meta_net.linear1.": "meta_net.0.",
+                                                 "meta_net.linear2.": "meta_net.2."})
 
     def forward(self, image_features):
         """Per-image contexts (B, n, D): ctx shifted by the meta-net's bias for each image."""

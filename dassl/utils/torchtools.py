@@ -169,8 +169,8 @@ def load_trainable_state_dict(model, state_dict, source="checkpoint"):
 
     Class-dependent buffers in ``state_dict`` are ignored (they belong to the class
     set of the saving run). A module with ``from_released_state`` first converts a checkpoint
-    written by the released code of its method into its own names. Extra keys that exist in the model (e.g. frozen weights
-    in a full checkpoint) are loaded too; keys the model lacks are an error.
+    written by the released code of its method into its own names. Extra keys that exist in the
+    model (e.g. frozen weights in a full checkpoint) are loaded too; keys the model lacks are an error.
     """
     module = _unwrap(model)
     skip = class_dependent_buffer_names(module)
