@@ -26,7 +26,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .clip_prompting import ClassPrompts, DeepPromptedCLIP, PromptTuningTrainer, init_context
 from .clip_prompting.prompts import count_bpe_tokens
-from .clip_prompting.released import rename_released_keys
+from .clip_prompting.released import rename_released_keys, replay_openai_clip_draws
 
 INJECTIONS = ("transformer", "linear")
 NORMS = ("post", "pre")
@@ -183,6 +183,35 @@ class MultimodalPromptLearner(nn.Module):
             return mapped[0], mapped[1:]
         return None, (self.inj_t2v(self.text_deep) if self.inj_t2v is not None else None)
 
+    def draw_as_released(self, clip_model, rng_state):
+        """Reference numerics: the initial prompts and maps the released linear MuDPT draws from the
+        global RNG at ``rng_state`` (before CLIP was built), and the RNG where it leaves it. Its modified
+        vision tower draws V_0, V_1.. and the vision-to-text Linear inside clip.build_model, after the
+        positional embedding; its prompt learner then draws the shallow Linear, T_1.. and the
+        text-to-vision Linear (T_0: the CTX_INIT words, or first, N(0, 0.02))."""
+        torch.set_rng_state(rng_state)
+        n, d_v = self.visual_ctx.shape
+        d_t = self.text_ctx.shape[1]
+
+        def vision_tower_draws():
+            ctx = nn.init.normal_(torch.empty(n, d_v), std=0.02)
+            deep = nn.init.normal_(torch.empty(self.depth - 1, n, d_v), std=0.02)
+            return ctx, deep, nn.Linear(d_v, self.inj_v2t.proj.out_features)
+        visual_ctx, visual_deep, v2t = replay_openai_clip_draws(clip_model, vision_tower_draws)
+        v2t.half().float()  # a Linear inside CLIP: build_model's fp16 conversion rounds it too
+        random_ctx = self.classes.prefix == " ".join(["X"] * n)  # no CTX_INIT: T_0 is drawn first
+        text_ctx = nn.init.normal_(torch.empty(n, d_t), std=0.02) if random_ctx else None
+        shallow = nn.Linear(d_t, d_v)
+        text_deep = nn.init.normal_(torch.empty(self.depth - 1, n, d_t), std=0.02)
+        t2v = nn.Linear(d_t, self.inj_t2v.proj.out_features)
+        with torch.no_grad():
+            for ours, theirs in ((self.visual_ctx, visual_ctx), (self.visual_deep, visual_deep),
+                                 (self.text_deep, text_deep), (self.text_ctx, text_ctx)):
+                if theirs is not None:
+                    ours.copy_(theirs)
+            for ours, theirs in ((self.inj_v2t.proj, v2t), (self.shallow_t2v, shallow), (self.inj_t2v.proj, t2v)):
+                ours.load_state_dict(theirs.state_dict())
+
     def from_released_state(self, state_dict):
         """A checkpoint of the released linear MuDPT (HEAD ``MuDPT``): the whole model, the visual prompts
         and their projection kept in its image encoder."""
@@ -228,3 +257,13 @@ class MuDPT(PromptTuningTrainer):
 
     def build_custom_clip(self, cfg, classnames, clip_model):
         return MuDPTCLIP(cfg, classnames, clip_model)
+
+    def use_reference_numerics(self):
+        super().use_reference_numerics()
+        c, learner = self.method_cfg, self.model.prompt_learner
+        if c.INJECTION == "linear" and c.SHALLOW_FUSION and c.VISUAL_PROMPTS == "independent" and learner.depth > 1:
+            learner.draw_as_released(self.backbone.model, self.rng_before_backbone)
+            print("Initial prompts drawn as the released MuDPT draws them (inside its CLIP, then its learner)")
+        else:
+            print("Note: the released code's order of initial draws is reproduced for the released linear MuDPT "
+                  "(INJECTION linear, SHALLOW_FUSION True); this variant keeps its own initial prompts")

@@ -6,6 +6,9 @@ model trained with the released code evaluates here (and our own checkpoints pas
 """
 from collections import OrderedDict
 
+import torch
+import torch.nn as nn
+
 
 def rename_released_keys(state_dict, renames, whole_model_prefixes=(), owner="the released code"):
     """``state_dict`` with each key starting with a ``renames`` prefix renamed (longest prefix first).
@@ -37,7 +40,6 @@ def stack_released_layers(state_dict, name):
                     and k[len(name) + 1:].isdigit())
     if not layers:
         return state_dict
-    import torch
     out = OrderedDict((k, v) for k, v in state_dict.items() if k not in {key for _, key in layers})
     out[name] = torch.stack([state_dict[key] for _, key in layers])
     return out
@@ -73,3 +75,32 @@ def load_model_as_released(trainer, directory, epoch=None):
                                "saved by another trainer or with another config.")
         print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint["epoch"]})')
         module.load_state_dict(state, strict=False)
+
+
+def replay_openai_clip_draws(clip_model, inside_vision_tower):
+    """Draw from the global RNG what ``clip.model.CLIP``'s constructor draws for a model of ``clip_model``'s
+    shape (OpenAI ViT), in its order, with ``inside_vision_tower()`` run where a released code base's
+    modified vision tower draws its own tensors: after the positional embedding, before the blocks.
+    Returns what ``inside_vision_tower`` returns. The values drawn for CLIP's own weights are thrown away
+    (the checkpoint's replace them); only where the RNG stands afterwards matters."""
+    from clip.model import Transformer
+    visual = clip_model.visual
+    width, patch = visual.conv1.out_channels, visual.conv1.kernel_size[0]
+    nn.Conv2d(3, width, patch, stride=patch, bias=False)
+    torch.randn(width)                                    # class embedding
+    torch.randn(visual.positional_embedding.shape)
+    drawn = inside_vision_tower()
+    Transformer(width, len(visual.transformer.resblocks), width // 64)
+    torch.randn(visual.proj.shape)
+    text_width = clip_model.ln_final.weight.shape[0]
+    text = Transformer(text_width, len(clip_model.transformer.resblocks), text_width // 64)
+    embedding = nn.Embedding(clip_model.token_embedding.num_embeddings, text_width)
+    # CLIP.initialize_parameters: normal draws over the text side (a ViT tower keeps its own init)
+    nn.init.normal_(embedding.weight)
+    nn.init.normal_(torch.empty(clip_model.positional_embedding.shape))
+    for block in text.resblocks:
+        for weight in (block.attn.in_proj_weight, block.attn.out_proj.weight, block.mlp.c_fc.weight,
+                       block.mlp.c_proj.weight):
+            nn.init.normal_(weight)
+    nn.init.normal_(torch.empty(clip_model.text_projection.shape))
+    return drawn

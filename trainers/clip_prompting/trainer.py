@@ -111,6 +111,8 @@ class PromptTuningTrainer(TrainerX):
         """The frozen CLIP of MODEL.BACKBONE, any family, behind the backbone interface."""
         cfg = self.cfg
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        # where the global RNG stood: building a CLIP draws from it (reference numerics replay it)
+        self.rng_before_backbone = torch.get_rng_state()
         backbone = load_backbone_from_cfg(cfg)
         self.backbone_facts = {"name": cfg.MODEL.BACKBONE.NAME, **backbone.facts()}
         return backbone
