@@ -225,6 +225,23 @@ def test_a_finished_run_of_other_settings_is_neither_skipped_nor_overwritten(rep
     assert not recorded_calls(repo)
 
 
+def test_a_finished_run_trained_with_other_overrides_is_not_skipped(repo):
+    """The overrides of the command are compared with the settings the run recorded (train.py records
+    every key that changes the numbers): another learning rate is another run."""
+    run_dir = os.path.join(repo, "output", "dtd", "MuDPT", "vit_b16_bz4_ep10_nctx4_depth12_16shots", "seed1")
+    identity = {"trainer": "MuDPT", "seed": 1, "config": "vit_b16_bz4_ep10_nctx4_depth12", "num_shots": 16,
+                "subsample": "all", "tag": "", "settings": {"OPTIM.LR": 0.0025, "INPUT.SIZE": [224, 224]}}
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump({"metrics": {"accuracy": 50.0}, "identity": identity}, f)
+    same = run_script(repo, "mudpt", "few_shot", "dtd", 1, "OPTIM.LR", "0.0025", "INPUT.SIZE", "(224, 224)",
+                      "DATALOADER.NUM_WORKERS", "0")  # workers change no number: not recorded, not compared
+    assert "Oops! The results exist" in same.stdout
+    refused = run_script(repo, "mudpt", "few_shot", "dtd", 1, "OPTIM.LR", "0.5")
+    assert refused.returncode == 2 and "OPTIM.LR: 0.0025 there, 0.5 here" in refused.stderr
+    assert not recorded_calls(repo)
+
+
 def test_dry_run_reports_without_running(repo):
     result = run_script(repo, "mudpt", "base2new_test", "dtd", 2, DRY_RUN="1")
     assert result.returncode == 0, result.stderr

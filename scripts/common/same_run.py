@@ -3,10 +3,12 @@
     python3 same_run.py RESULTS_JSON trainer=T seed=S config=C [data_root=DIR] -- [KEY VALUE ...]
 
 The KEY VALUE pairs are the command's config overrides; DATASET.NUM_SHOTS, .SUBSAMPLE_CLASSES and
-.TAG among them are compared too (the last value given wins, as in yacs). Exit 0 when every
-recorded field agrees, 2 with one message naming the differences otherwise. A results.json
-without an identity (written by an older version) is accepted.
+.TAG among them are compared too (the last value given wins, as in yacs), and so is every other
+override against the settings the run recorded (OPTIM.LR 0.5 is not the finished run at 0.002).
+Exit 0 when every recorded field agrees, 2 with one message naming the differences otherwise. A
+results.json without an identity (written by an older version) is accepted.
 """
+import ast
 import json
 import os
 import sys
@@ -16,9 +18,10 @@ OVERRIDES = {"DATASET.NUM_SHOTS": ("num_shots", int), "DATASET.SUBSAMPLE_CLASSES
 
 
 def expected_identity(args):
+    """(identity fields, {config key: value} of the other overrides) that the command would record."""
     split = args.index("--") if "--" in args else len(args)
     fixed, pairs = args[:split], args[split + 1:]
-    expected = {}
+    expected, settings = {}, {}
     for item in fixed:
         key, value = item.split("=", 1)
         expected[key] = int(value) if key == "seed" else value
@@ -26,7 +29,18 @@ def expected_identity(args):
         if key in OVERRIDES:
             field, cast = OVERRIDES[key]
             expected[field] = cast(value.strip("'\""))
-    return expected
+        else:
+            settings[key] = config_value(value)
+    return expected, settings
+
+
+def config_value(text):
+    """A command-line override as yacs reads it: a Python literal if it is one, else the text."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return list(value) if isinstance(value, tuple) else value
 
 
 def same(key, recorded, value):
@@ -39,9 +53,12 @@ def main(argv):
     path, args = argv[0], argv[1:]
     with open(path) as f:
         recorded = json.load(f).get("identity") or {}
-    expected = expected_identity(args)
+    expected, settings = expected_identity(args)
     differences = [f"{key}: {recorded[key]!r} there, {value!r} here" for key, value in expected.items()
                    if recorded.get(key) is not None and not same(key, recorded[key], value)]
+    ran = recorded.get("settings") or {}  # keys that do not change the numbers are not recorded
+    differences += [f"{key}: {ran[key]!r} there, {value!r} here" for key, value in settings.items()
+                    if key in ran and ran[key] != value]
     if differences:
         hint = ""
         if "data_root" in {difference.split(":")[0] for difference in differences}:
