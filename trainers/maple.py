@@ -77,5 +77,11 @@ class MaPLe(PromptTuningTrainer):
     learnable_attr = "prompt_learner"
     reference_half = ("ctx", "proj")  # released: the deep prompts and their projections stay fp32
 
+    def use_reference_numerics(self):
+        super().use_reference_numerics()
+        if self.precision != "fp16":
+            print("Note: the released MaPLe runs only with PREC fp16 (its shallow projection is fp16 whatever "
+                  "PREC says); this run has the released weights and forward, but no released run to match")
+
     def build_custom_clip(self, cfg, classnames, clip_model):
         return MaPLeCLIP(cfg, classnames, clip_model)
