@@ -351,3 +351,28 @@ def test_nproc_runs_train_py_through_torchrun(repo):
     assert bad.returncode == 2 and "NPROC (or GPUS_PER_RUN) must be a whole number > 0" in bad.stderr
     both, _ = command(NPROC="2", GPUS_PER_RUN="4")
     assert both.returncode == 2 and "NPROC=2 and GPUS_PER_RUN=4 disagree" in both.stderr
+
+
+def dry_run(method, script, *args):
+    """{field: value} of ``scripts/<method>/<script>.sh ARGS`` with DRY_RUN=1 in the real repository; None
+    when the method has no config for that protocol."""
+    done = subprocess.run(["bash", f"scripts/{method}/{script}.sh", *args], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, DRY_RUN="1", OUTPUT="/nonexistent-output"))
+    if done.returncode != 0:
+        assert "names no config for the" in done.stderr, done.stderr
+        return None
+    return dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+
+
+@pytest.mark.parametrize("method", sorted(name for name in os.listdir(os.path.join(REPO, "scripts"))
+                                          if os.path.isfile(os.path.join(REPO, "scripts", name, "method.sh"))))
+def test_every_test_script_loads_the_run_its_train_script_writes(method):
+    """base2new_test.sh evaluates what base2new_train.sh trained (a dataset with a config of its own
+    included), and xd_test.sh what xd_train.sh trained on ImageNet."""
+    for dataset in ("dtd", "imagenet", "sun397"):
+        train, test = dry_run(method, "base2new_train", dataset, "1"), dry_run(method, "base2new_test", dataset, "1")
+        if train and test and "model_dir" in test:
+            assert test["model_dir"] == train["output_dir"], (method, dataset)
+    train, test = dry_run(method, "xd_train", "1"), dry_run(method, "xd_test", "dtd", "1")
+    if train and test and "model_dir" in test:
+        assert test["model_dir"] == train["output_dir"], method

@@ -4,9 +4,10 @@
 TRAINER=TCP
 
 config_for() {  # PROTOCOL DATASET SHOTS -> config name
-    local dataset=$2
-    case "$dataset" in
-        imagenet | sun397) echo "vit_b16_$dataset" ;;  # 25 epochs
+    local protocol=$1 dataset=$2
+    case "$protocol:$dataset" in
+        cross_dataset:*) echo vit_b16_imagenet ;;  # trained on ImageNet; its targets load that run
+        *:imagenet | *:sun397) echo "vit_b16_$dataset" ;;  # 25 epochs
         *) echo vit_b16 ;;
     esac
 }
