@@ -2,7 +2,9 @@
 (HiCroPL, LwEIB, CoPrompt).
 
 ``DATASET.DESCRIPTIONS FILE`` names a JSON file in the CuPL form, ``{class name: [sentence, ...]}``,
-the kind of file these methods' repositories ship. A value may also be a single sentence. A
+the kind of file these methods' repositories ship. A value may also be a single sentence. A ``.py``
+file holding one such dict as a literal (LwEIB's released ``trainers/gpt3_prompts/<dataset>.py``,
+``DTD_TEMPLATES = {...}``) is read as the same table, without running it. A
 file's class names are matched to the dataset's as the dataset names them; where that fails, a
 case-, underscore- and space-insensitive match is tried. A class with no sentence stops the run
 with the list of such classes.
@@ -10,6 +12,7 @@ with the list of such classes.
 The synthetic benchmark needs no file: with the setting unset it describes its classes from
 the generated world's facts (colour, shape, outline, what the shape resembles).
 """
+import ast
 import hashlib
 import json
 import os
@@ -60,11 +63,30 @@ def read_descriptions(path, classnames):
         raise DescriptionsError(f"Cannot read the descriptions file {path} (DATASET.DESCRIPTIONS): "
                                 f"{exc.strerror or exc}.") from exc
     try:
-        table = json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        table = python_dict_literal(text, path) if path.endswith(".py") else json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DescriptionsError(f"The descriptions file {path} (DATASET.DESCRIPTIONS) is not valid JSON ({exc}). "
                                 'Expected {"class name": ["sentence", ...], ...}.') from exc
     return ClassDescriptions(match_classes(table, classnames, path), path, hashlib.sha256(data).hexdigest())
+
+
+def python_dict_literal(text, path):
+    """The one dict literal assigned at the top of a Python file (parsed, never run)."""
+    try:
+        tree = ast.parse(text, path)
+    except SyntaxError as exc:
+        raise DescriptionsError(f"The descriptions file {path} is not valid Python ({exc.msg}, line "
+                                f"{exc.lineno}).") from exc
+    dicts = [node.value for node in tree.body if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)]
+    if len(dicts) != 1:
+        raise DescriptionsError(f"The descriptions file {path} assigns {len(dicts)} dicts at its top level; a .py "
+                                'descriptions file holds one, NAME = {"class name": ["sentence", ...], ...}.')
+    try:
+        return ast.literal_eval(dicts[0])
+    except ValueError as exc:
+        raise DescriptionsError(f"The dict in the descriptions file {path} is not made of plain strings and lists "
+                                f"({exc}).") from exc
 
 
 def _normalised(name):

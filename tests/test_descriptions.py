@@ -36,6 +36,22 @@ def test_a_cupl_file_is_read_in_class_order_with_its_hash(tmp_path):
     assert found.facts() == {"source": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
+def test_a_python_file_with_one_dict_literal_is_read_without_running_it(tmp_path):
+    """LwEIB's released descriptions: trainers/gpt3_prompts/<dataset>.py, NAME = {class: [sentences]}."""
+    path = tmp_path / "dtd.py"
+    path.write_text('DTD_TEMPLATES = {\n    "Abyssinian": ["A slender cat."],\n    "american bulldog": ["A dog."],\n'
+                    '    "sea_lion": ["It swims."],\n}\n')
+    found = class_descriptions(cfg_for(path), CLASSES)
+    assert found.sentences == [["A slender cat."], ["A dog."], ["It swims."]]
+    assert found.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_text("import os\nA = {}\nB = {}\n")
+    with pytest.raises(DescriptionsError, match="assigns 2 dicts at its top level"):
+        class_descriptions(cfg_for(path), CLASSES)
+    path.write_text('A = {"x": [os.getcwd()]}\n')  # code, not a literal: refused, never run
+    with pytest.raises(DescriptionsError, match="not made of plain strings and lists"):
+        class_descriptions(cfg_for(path), CLASSES)
+
+
 def test_missing_classes_are_listed(tmp_path):
     path = write(tmp_path, {"Abyssinian": ["A slender cat."], "Sea lion": []})
     with pytest.raises(DescriptionsError, match=r'2 of 3 classes have no description in .*: "american_bulldog", '
