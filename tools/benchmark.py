@@ -16,7 +16,11 @@ Usage: python tools/benchmark.py [--trainers CoOp CoCoOp MuDPT ...] [--train-cla
 Each figure is the median of --repeats timed runs after one warm-up; --memory adds the peak
 memory one training step needs beyond the weights (CUDA allocator peak, or peak RSS on Linux).
 On the CPU each memory probe runs in a fresh process that may grow by --memory-limit GiB: a
-step that needs more is reported as "> N GiB" instead of being killed, and is not timed. The
+step that needs more is reported as "> N GiB" instead of being killed, and is not timed. With
+--heap release (the default) the probe runs with glibc's mmap threshold fixed at 128 KiB
+(MALLOC_MMAP_THRESHOLD_), so every large block a step frees goes back to the system at once and the
+peak is what the step holds; --heap default keeps glibc's dynamic threshold, under which freed
+blocks stay in the heap and the peak also counts memory the step freed and did not give back. The
 ratio columns divide the first path's figure by each other path's (for images/s the other way
 round): above 1, that path is faster or needs less memory.
 """
@@ -33,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # parsed: --help and a wrong flag answer before torch loads.
 
 PATHS = ("off", "fast", "chunked")
+HEAP_SETTING = ("MALLOC_MMAP_THRESHOLD_", "131072")  # --heap release: glibc returns freed blocks at once
 PATH_HEADERS = {"off": "fast paths off", "fast": "fast paths on", "chunked": "chunked"}  # JSON keys too
 
 # Trainer name -> (module, model class, (config node, overrides as in its paper config))
@@ -153,7 +158,17 @@ def peak_memory_of_step(name, classes, path, args):
         context = mp.get_context("spawn")
         results = context.Queue()
         worker = context.Process(target=_cpu_step_peak, args=(name, classes, path, args, results))
-        worker.start()
+        key, value = HEAP_SETTING
+        inherited = os.environ.get(key)
+        os.environ.pop(key, None)
+        if args.heap == "release":
+            os.environ[key] = value  # read by glibc when the spawned worker starts
+        try:
+            worker.start()
+        finally:
+            os.environ.pop(key, None)
+            if inherited is not None:
+                os.environ[key] = inherited
         worker.join()
         return results.get() if worker.exitcode == 0 else None  # out of memory, or killed for it
     device = torch.device("cuda")
@@ -221,6 +236,8 @@ def main(argv=None):
     p.add_argument("--memory", action="store_true", help="also measure peak memory of a train step")
     p.add_argument("--memory-limit", type=float, default=16.0,
                    help="GiB a CPU memory probe may use; a step that needs more is reported as not fitting")
+    p.add_argument("--heap", choices=("release", "default"), default="release",
+                   help="CPU memory probes: glibc returns freed blocks at once (release) or keeps them (default)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if torch sees a GPU, else cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own count)")
     p.add_argument("--tiny", action="store_true", help="tiny CLIP instead of ViT-B/16 shapes (smoke test)")
