@@ -16,6 +16,7 @@ import trainers
 from dassl.utils import load_trainable_state_dict, trainable_state_dict
 from datasets.descriptions import DescriptionsError
 from datasets.fake import make_fake_dataset
+from method_configs import descriptions_file
 from train_runs import (Killed, base2new_through_scripts, restore_streams,  # noqa: F401  (fixture)
                         run_in_process, train_argv)
 from trainers.clip_prompting import set_fast_paths, tiny_clip, tokenize, vit_b16_shaped_clip
@@ -315,10 +316,7 @@ def eurosat(tmp_path_factory):
     """A fake EuroSAT of 6 classes (3 base) and a descriptions file for them."""
     root = tmp_path_factory.mktemp("data")
     written = make_fake_dataset("eurosat", str(root), num_classes=6, images_per_class=6)
-    path = root / "descriptions.json"
-    path.write_text(json.dumps({name: [f"{name} seen from a satellite.", f"a field of {name}."]
-                                for name in written.classnames}))
-    return str(root), str(path)
+    return str(root), descriptions_file(root, written.classnames)
 
 
 def test_base2new_through_the_scripts(eurosat, tiny_clip_path, tmp_path):

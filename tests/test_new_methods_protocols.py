@@ -2,7 +2,6 @@
 script runs (its DRY_RUN output) is run in this process (tiny CLIP, one short epoch); the cross-dataset
 test evaluates the weights xd_train.sh trained on ImageNet on another dataset's classes. (Base-to-new
 runs through the scripts themselves in each method's own test file.)"""
-import json
 import os
 import shlex
 import subprocess
@@ -11,6 +10,7 @@ import sys
 import pytest
 
 from datasets.fake import make_fake_dataset
+from method_configs import descriptions_file
 from train_runs import ROOT, restore_streams, run_log  # noqa: F401  (fixture)
 
 SHORT = ["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0", "DATALOADER.NUM_WORKERS", "0",
@@ -25,9 +25,7 @@ def data(tmp_path_factory):
     names = []
     for dataset in ("imagenet", "dtd"):
         names += make_fake_dataset(dataset, str(root), num_classes=4, images_per_class=6).classnames
-    path = root / "descriptions.json"
-    path.write_text(json.dumps({name: [f"a photo of {name}.", f"{name}, up close."] for name in names}))
-    return str(root), str(path)
+    return str(root), descriptions_file(root, names)
 
 
 def script_command(method, script, args, data_root, clip_path, out, opts):
