@@ -31,11 +31,9 @@ MINI_CLIP = os.path.join(REPO, "assets", "mini_clip.pt")
 TRAINING_FREE = {"ZeroshotCLIP", "ZeroshotCLIP2"}
 # A small copy of the benchmark: the same images as the first ones of each split of the full one.
 SIZES = {"train": 4, "val": 1, "test": 4}
-# Whole images, as in the demo: the mini-CLIP was pretrained on whole objects, and the configs' random
-# crops (down to 8% of the image) would show it mostly fragments it has never seen.
+# The configs' own transforms (random crops and flips), as in the demo.
 COMMON = ["DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "64", "DATASET.NUM_SHOTS", "4",
-          "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.WARMUP_EPOCH", "0", "TEST.FINAL_MODEL", "last_step",
-          "INPUT.TRANSFORMS", "['random_flip', 'normalize']"]
+          "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.WARMUP_EPOCH", "0", "TEST.FINAL_MODEL", "last_step"]
 
 
 @dataclass
@@ -56,19 +54,19 @@ LEARNING = {
     "MuDPT": Entry(),
     "MaPLe": Entry(lr=0.02),
     "IVLP": Entry(lr=0.02),
-    "VPT": Entry(lr=0.02),
+    "VPT": Entry(epochs=2, lr=0.02),
     # DCP and DPT start from 16 random context words, which the mini-CLIP (pretrained on captions
     # only) reads as noise: start them from "a photo of a" as the other methods do
     "DCP": Entry(opts=["TRAINER.DCP.N_CTX", "4", "TRAINER.DCP.CTX_INIT", "a photo of a"]),
-    "DPT": Entry(lr=0.01, opts=["TRAINER.DPT.N_CTX", "4", "TRAINER.DPT.CTX_INIT", "a photo of a"]),
+    "DPT": Entry(epochs=3, lr=0.01, opts=["TRAINER.DPT.N_CTX", "4", "TRAINER.DPT.CTX_INIT", "a photo of a"]),
     "PromptSRC": Entry(lr=0.02),
-    "MMA": Entry(epochs=2, lr=0.02),
+    "MMA": Entry(epochs=4, lr=0.02),
     # N_ITERS 0: OPTIM.MAX_EPOCH ordinary epochs instead of the released 500 iterations per shot
     "CLIPLoRA": Entry(epochs=2, lr=0.005, opts=["TRAINER.CLIPLORA.N_ITERS", "0"]),
     "HiCroPL": Entry(lr=0.01, opts=["TRAINER.HICROPL.N_CTX", "4"]),  # "a photo of a", not 16 random words
     "MMRL": Entry(lr=0.005),
-    "CoPrompt": Entry(lr=0.02),
-    "LwEIB": Entry(),
+    "CoPrompt": Entry(epochs=3, lr=0.02),
+    "LwEIB": Entry(epochs=2),
     "TCP": Entry(epochs=6, lr=0.02, opts=["DATALOADER.TRAIN_X.BATCH_SIZE", "8"]),
 }
 

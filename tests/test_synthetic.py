@@ -54,6 +54,29 @@ def test_captions_name_the_scene_in_several_phrasings():
     assert int(tokenize([max(phrasings, key=len)]).argmax()) >= 18  # long phrasings train later positions
 
 
+@pytest.mark.parametrize("look", list(world.LOOKS))
+def test_a_look_changes_the_picture_and_its_caption_names_it(look):
+    plain = world.render(np.random.default_rng(2), "red", "square", PLAIN)
+    scene = world.render(np.random.default_rng(2), "red", "square", PLAIN, look=look)
+    assert scene.look == look and not np.array_equal(scene.image, plain.image)
+    captions = {world.caption(np.random.default_rng(seed), scene) for seed in range(30)}
+    assert captions == {phrasing.format("red square") for phrasing in world.LOOKS[look]}
+    red = (np.abs(scene.image.astype(int) - world.COLOURS["red"]).sum(axis=2) < 30).mean()
+    if look == "close-up":  # a window into the object: mostly its colour
+        assert red > 0.5
+    if look in ("dark", "bright", "faded"):  # the colour is changed everywhere
+        assert red == 0
+    with pytest.raises(ValueError, match="unknown look 'sepia'"):
+        world.render(np.random.default_rng(2), "red", "square", look="sepia")
+
+
+def test_looks_leave_the_benchmarks_draws_alone():
+    """A scene without a look (pinned here) draws nothing for the looks: the benchmark's images do
+    not depend on them."""
+    image = world.render(np.random.default_rng(7), "blue", "moon", world.BENCHMARK).image
+    assert hashlib.sha256(image.tobytes()).hexdigest()[:16] == "364c82b6b6718fdb"
+
+
 @pytest.mark.parametrize("colour", list(world.COLOURS))
 def test_the_object_has_the_named_colour(colour):
     image = world.render(np.random.default_rng(1), colour, "square", PLAIN).image.reshape(-1, 3)
@@ -183,9 +206,23 @@ def test_pretraining_lowers_the_loss_and_writes_loadable_reproducible_weights(tm
     assert torch.equal(model.token_embedding.weight, state["token_embedding.weight"].float())
 
 
+def test_a_pretraining_batch_holds_each_class_twice_once_in_a_named_look():
+    tool = load_tool("pretrain_mini_clip")
+    stream = tool.PairStream(seed=0, batch_size=16, image_size=64)
+    images, ids = next(stream)
+    assert images.shape == (16, 3, 64, 64) and ids.shape == (16, 77)
+    pairs = stream.next_pairs()
+    assert len({scene.class_name for scene, _ in pairs}) == 8
+    for (plain, _), (looked, caption) in zip(pairs[::2], pairs[1::2]):
+        assert plain.class_name == looked.class_name and plain.look is None and looked.look in world.LOOKS
+        assert caption in {phrasing.format(looked.class_name) for phrasing in world.LOOKS[looked.look]}
+
+
 def test_pretraining_rejects_bad_shapes():
     tool = load_tool("pretrain_mini_clip")
     with pytest.raises(SystemExit):
         tool.parse_args(["--width", "100"])
     with pytest.raises(SystemExit):
         tool.parse_args(["--image-size", "100", "--patch-size", "32"])
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--batch-size", "15"])  # pairs: an even number

@@ -3,9 +3,11 @@
     python tools/pretrain_mini_clip.py [--output assets/mini_clip.pt] [--steps N] [--seed S] ...
 
 Every step draws a fresh batch of image-caption pairs (datasets/synthetic/world.py, pretraining
-domain; one image of each of the 64 colour-shape classes per batch by default, so no caption
-in a batch also fits another image) and takes one AdamW step on CLIP's symmetric contrastive
-loss, with linear warm-up, cosine decay and gradient clipping. The model is
+domain) and takes one AdamW step on CLIP's symmetric contrastive loss, with linear warm-up, cosine
+decay and gradient clipping. A batch holds half as many classes as pairs, each twice: once in the
+domain's ordinary look with an ordinary caption, once in one of the world's LOOKS (close-up,
+blurry, noisy, faded, ...) with a caption that names it. Telling the two apart takes the look's
+words, so the text encoder learns what they say about an image. The model is
 ``clip.model.CLIP`` itself, with the 77-token context and the full 49,408-token vocabulary of
 CLIP's tokenizer, so the written file loads through ``MODEL.BACKBONE.PATH`` like any CLIP
 checkpoint. It is saved in fp16 (a plain state dict).
@@ -53,25 +55,31 @@ class PairStream:
         self.classes = world.class_names()
 
     def next_classes(self):
-        """Each class once per pass over the classes, in a fresh random order."""
-        picks = []
-        while len(picks) < self.batch_size:
-            order = self.rng.permutation(len(self.classes))
-            picks.extend(int(i) for i in order[:self.batch_size - len(picks)])
-        return picks
+        """``batch_size // 2`` distinct classes, drawn at random."""
+        return [int(i) for i in self.rng.permutation(len(self.classes))[:self.batch_size // 2]]
+
+    def next_pairs(self):
+        """The next batch as (scene, caption) pairs: for each class, its ordinary scene, then its
+        scene in a random look."""
+        from datasets.synthetic import world
+
+        pairs = []
+        looks = list(world.LOOKS)
+        for index in self.next_classes():
+            colour, shape = world.parse_class_name(self.classes[index])
+            for look in (None, looks[int(self.rng.integers(len(looks)))]):
+                scene = world.render(self.rng, colour, shape, self.domain, look=look)
+                pairs.append((scene, world.caption(self.rng, scene)))
+        return pairs
 
     def __next__(self):
         import torch
         from datasets.synthetic import world
         from trainers.clip_prompting.loading import tokenize
 
-        images, captions = [], []
-        for index in self.next_classes():
-            colour, shape = world.parse_class_name(self.classes[index])
-            scene = world.render(self.rng, colour, shape, self.domain)
-            images.append(self.transform(world.to_pil(scene)))
-            captions.append(world.caption(self.rng, scene))
-        return torch.stack(images), tokenize(captions)
+        pairs = self.next_pairs()
+        return (torch.stack([self.transform(world.to_pil(scene)) for scene, _ in pairs]),
+                tokenize([caption for _, caption in pairs]))
 
     def __iter__(self):
         return self
@@ -237,8 +245,9 @@ def parse_args(argv=None):
         parser.error(f"--width {args.width} is not a multiple of 64 (CLIP uses width // 64 heads)")
     if args.image_size % args.patch_size:
         parser.error(f"--image-size {args.image_size} is not a multiple of --patch-size {args.patch_size}")
-    if args.steps < 1 or args.batch_size < 2:
-        parser.error("--steps must be at least 1 and --batch-size at least 2")
+    if args.steps < 1 or args.batch_size < 2 or args.batch_size % 2 or args.batch_size > 128:
+        parser.error("--steps must be at least 1 and --batch-size an even number from 2 to 128 "
+                     "(pairs of images of up to 64 distinct classes)")
     import dassl  # noqa: F401  (sets up torchvision before anything else)
     from datasets.synthetic import world
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 IMAGE_SIZE = 112  # drawing size; CLIP's 224-px input is an upscaled copy (PIL bicubic)
 SUPERSAMPLE = 2  # masks are drawn at twice the size and averaged down: smooth edges
@@ -48,16 +48,33 @@ TEMPLATES = (
     "a simple flat drawing of a single {colour} {shape} on a plain {background} background.",
     "in this picture there is just one {colour} {shape}, drawn flat, and there is nothing else to see.",
 )
-# Prompt phrasings that the trainers' hand-made templates use (CLIP's prompt-engineering style). Their
-# extra words say nothing about the image, so pretraining on them teaches the text encoder to read
+# Prompt phrasings that the trainers' hand-made templates use (CLIP's prompt-engineering style) whose
+# extra words say nothing about the image here: pretraining on them teaches the text encoder to read
 # the class words through them, as a real CLIP does.
 PROMPT_TEMPLATES = (
-    "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
-    "a {} in a video game.", "art of the {}.", "a photo of the small {}.", "a photo of the {}.",
-    "a bad photo of a {}.", "a sculpture of a {}.", "a rendering of a {}.", "a cropped photo of the {}.",
-    "a bright photo of a {}.", "a drawing of the {}.", "a close-up photo of a {}.", "a painting of a {}.",
-    "a blurry photo of a {}.", "a sketch of a {}.", "a toy {}.", "a cartoon {}.",
+    "itap of a {}.", "a origami {}.", "a {} in a video game.", "art of the {}.", "a photo of the {}.",
+    "a sculpture of a {}.", "a rendering of a {}.", "a drawing of the {}.", "a painting of a {}.",
+    "a sketch of a {}.", "a toy {}.", "a cartoon {}.",
 )
+# Looks: in web captions, words such as "blurry", "close-up" or "faded" say how a picture looks, and
+# CLIP's other template words are of this kind. Pretraining draws every second image with one of
+# these looks and names it in the caption, so the text encoder has words for how an image looks, not
+# only for what it shows: a prompt's context can then move the text features towards the look of a
+# new domain, as it does with a real CLIP. "close-up" crops into the object, as the configs' random
+# crops do; "faded" stops well short of the benchmark's washed-out light.
+LOOKS = {
+    "close-up": ("a close-up photo of a {}.", "a cropped photo of the {}.", "a close-up of a {}."),
+    "blurry": ("a blurry photo of a {}.", "a blurry {}."),
+    "noisy": ("a noisy photo of a {}.", "a bad photo of a {}.", "a grainy photo of the {}."),
+    "dark": ("a dark photo of a {}.", "a dark photo of the {}."),
+    "bright": ("a bright photo of a {}.", "a bright photo of the {}."),
+    "faded": ("a faded photo of a {}.", "a pale {}.", "a washed-out photo of a {}."),
+    "pixelated": ("a pixelated photo of a {}.", "a low resolution photo of a {}."),
+    "small": ("a photo of the small {}.", "a small {}."),
+    "large": ("a photo of the large {}.", "a big {}."),
+}
+LOOK_RADIUS = {"small": (0.16, 0.24), "large": (0.42, 0.46)}  # object radius, as Domain.radius
+NOISY_SIGMA = (18.0, 40.0)  # the "noisy" look's pixel noise, as Domain.noise
 
 
 def class_names():
@@ -179,10 +196,10 @@ class Domain:
 
 PRETRAIN = Domain("pretrain")
 # The benchmark's shifted domain: a washed-out light that fades every colour 80% of the way to its
-# grey, which pretraining never showed. Chosen on the committed mini-CLIP among other shifts
-# (patterned backgrounds, noise, smaller objects): zero-shot stays clearly imperfect (about 70% on
-# either half) and its errors are near misses between colours, not confident mistakes, so tuning
-# on a few shots can fix them.
+# grey, further than pretraining's "faded" look (30-60%) ever went. Chosen among other shifts
+# (patterned backgrounds, noise, smaller objects): zero-shot stays clearly imperfect and its errors
+# are near misses between colours, not confident mistakes, so tuning on a few shots can fix them; and
+# the shift has words ("a faded photo of a"), so text prompts can move towards it.
 BENCHMARK = Domain("benchmark", fade=0.8)
 DOMAINS = {domain.name: domain for domain in (PRETRAIN, BENCHMARK)}
 
@@ -195,6 +212,7 @@ class Scene:
     shape: str
     background: str      # the word a caption may use for the background ("white", "grey", "black") or None
     image: np.ndarray    # (H, W, 3) uint8
+    look: str = None     # a key of LOOKS, or None for the domain's ordinary look
 
     @property
     def class_name(self):
@@ -252,8 +270,12 @@ def _background(rng, kind, size):
     return first * (1 - pick) + second * pick, None
 
 
-def render(rng, colour, shape, domain=PRETRAIN, size=IMAGE_SIZE):
-    """Draw one ``colour`` ``shape`` in ``domain``; returns a Scene."""
+def render(rng, colour, shape, domain=PRETRAIN, size=IMAGE_SIZE, look=None):
+    """Draw one ``colour`` ``shape`` in ``domain``, with one of the LOOKS or none; returns a Scene.
+    A look draws extra values from ``rng`` only when it is given: the benchmark's images (no look)
+    do not depend on LOOKS."""
+    if look is not None and look not in LOOKS:
+        raise ValueError(f"unknown look {look!r}; choose from {', '.join(LOOKS)}")
     canvas, background = _background(rng, domain.backgrounds[int(rng.integers(len(domain.backgrounds)))], size)
 
     for _ in range(int(rng.integers(domain.distractors[0], domain.distractors[1] + 1))):
@@ -263,7 +285,7 @@ def render(rng, colour, shape, domain=PRETRAIN, size=IMAGE_SIZE):
                           rng.uniform(0, 2 * math.pi), size)[0][..., None]
         canvas = canvas * (1 - mask) + rng.uniform(70, 190) * mask
 
-    radius = rng.uniform(*domain.radius) * size
+    radius = rng.uniform(*LOOK_RADIUS.get(look, domain.radius)) * size
     low, high = min(radius * 1.15, size / 2), max(size - radius * 1.15, size / 2)  # keep it in the picture
     cx, cy = (float(np.clip(size / 2 + rng.uniform(-domain.offset, domain.offset) * size, low, high))
               for _ in range(2))
@@ -287,17 +309,49 @@ def render(rng, colour, shape, domain=PRETRAIN, size=IMAGE_SIZE):
     if domain.fade:  # the whole scene under a washed-out light
         grey = canvas.mean(axis=2, keepdims=True)
         canvas = grey + (canvas - grey) * np.float32(1 - domain.fade)
+    if look is not None:
+        canvas = _apply_look(rng, canvas, look, (cx, cy), radius)
 
-    sigma = rng.uniform(*domain.noise)
+    sigma = rng.uniform(*(NOISY_SIGMA if look == "noisy" else domain.noise))
     if sigma > 0:
         canvas = canvas + np.float32(sigma) * rng.standard_normal(canvas.shape, dtype=np.float32)
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-    return Scene(colour, shape, background, image)
+    return Scene(colour, shape, background, image, look)
+
+
+def _apply_look(rng, canvas, look, centre, radius):
+    """``canvas`` (float, H x W x 3) as it looks under ``look``; noise and sizes are drawn in render."""
+    size = canvas.shape[0]
+    if look == "dark":
+        return canvas * np.float32(rng.uniform(0.25, 0.5))
+    if look == "bright":
+        return canvas + (255 - canvas) * np.float32(rng.uniform(0.35, 0.6))
+    if look == "faded":
+        grey = canvas.mean(axis=2, keepdims=True)
+        return grey + (canvas - grey) * np.float32(1 - rng.uniform(0.3, 0.6))
+    if look not in ("close-up", "blurry", "pixelated"):
+        return canvas
+    picture = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), "RGB")
+    if look == "close-up":  # a square window into the object, as a random crop of the whole image
+        side = rng.uniform(0.3, 0.65) * size
+        x, y = (c + rng.uniform(-0.5, 0.5) * radius for c in centre)
+        left, top = (float(np.clip(v - side / 2, 0, size - side)) for v in (x, y))
+        picture = picture.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
+    elif look == "blurry":
+        picture = picture.filter(ImageFilter.GaussianBlur(rng.uniform(1.5, 3.5)))
+    else:
+        coarse = int(rng.integers(14, 29))
+        picture = picture.resize((coarse, coarse), Image.BOX).resize((size, size), Image.NEAREST)
+    return np.asarray(picture, np.float32)
 
 
 def caption(rng, scene, prompt_share=0.25):
     """A phrasing of ``scene``: a descriptive one, or (with probability ``prompt_share``) a prompt
-    template around the class name. Background phrasings only where the background has a name."""
+    template around the class name. Background phrasings only where the background has a name. A
+    scene drawn with a look is captioned with one of that look's phrasings."""
+    if scene.look is not None:
+        phrasings = LOOKS[scene.look]
+        return phrasings[int(rng.integers(len(phrasings)))].format(scene.class_name)
     if rng.uniform() < prompt_share:
         return PROMPT_TEMPLATES[int(rng.integers(len(PROMPT_TEMPLATES)))].format(scene.class_name)
     templates = TEMPLATES if scene.background else [t for t in TEMPLATES if "{background}" not in t]
