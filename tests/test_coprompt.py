@@ -2,7 +2,6 @@
 consistency loss against the frozen CLIP (one description per class per step, a second augmented
 view), config errors, the released per-dataset configs, base-to-new through the scripts and an
 exact resume."""
-import hashlib
 import json
 import os
 import subprocess
@@ -18,7 +17,7 @@ from datasets.descriptions import DescriptionsError
 from datasets.fake import make_fake_dataset
 from results.provenance import read_method_settings
 from train_runs import (Killed, base2new_through_scripts, restore_streams,  # noqa: F401  (fixture)
-                        run_in_process, train_argv)
+                        descriptions_fact, run_in_process, train_argv)
 from trainers.clip_prompting import tiny_clip, tokenize, vit_b16_shaped_clip
 from trainers.coprompt import CoPrompt, CoPromptCLIP
 from trainers.maple import MaPLeCLIP
@@ -277,8 +276,7 @@ def test_base2new_through_the_scripts(data_root, tiny_clip_path, tmp_path):
     settings, params = read_method_settings(str(run / "log.txt"), "CoPrompt")  # what the provenance rows show
     assert (settings["PROMPT_DEPTH"], settings["W"], params) == ("12", "0.1", f"{expected:,}")
     facts = json.loads((run / "run_facts.json").read_text())
-    with open(descriptions, "rb") as f:
-        assert facts["descriptions"] == {"source": descriptions, "sha256": hashlib.sha256(f.read()).hexdigest()}
+    assert facts["descriptions"] == descriptions_fact(descriptions)
     assert "(epoch = 1)" in test_log
 
 

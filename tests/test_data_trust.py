@@ -4,7 +4,6 @@ caches per user, the dataset checker opens every image, and CLIP-LoRA prompts as
 import errno
 import json
 import os
-import random
 import shutil
 
 import pytest
@@ -12,27 +11,16 @@ import torch
 
 import datasets  # noqa: F401  (registers every dataset class)
 import trainers
-from dassl.config import get_cfg_default
-from dassl.data.datasets import build_dataset
 from datasets.fake import make_fake_dataset
 from datasets.verify import MISSING, WARN, check_dataset
 from test_scripts import make_fake_repo, recorded_calls, run_script
 from tool_modules import load_tool
+from train_runs import build_dataset_as_train as build
 from train_runs import error_of, exit_code, restore_streams, train_argv  # noqa: F401  (fixture)
 from trainers.clip_prompting import tiny_clip, tokenize
 from trainers.cliplora import CLIPLoRACLIP
 
 SPLIT = "split_ImageFolder.json"
-
-
-def build(name, root, shots=-1, seed=1):
-    cfg = get_cfg_default()
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = name
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.SEED = seed
-    random.seed(seed)
-    return build_dataset(cfg)
 
 
 def paths(items, root):

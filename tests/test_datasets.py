@@ -15,6 +15,7 @@ from datasets.benchmark import DatasetNotFoundError
 from datasets.eurosat import CLASSNAMES_BY_FOLDER
 from datasets.fake import FAKE_DATASET_NAMES, make_fake_dataset
 from datasets.templates import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE, USES_DEFAULT_TEMPLATE, dataset_template
+from train_runs import build_dataset_as_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 5  # odd, so the base half (3) and the new half (2) differ in size
@@ -41,15 +42,9 @@ def data_root(name, tmp_path):
     return str(tmp_path / "mine") if name == "image_folder" else str(tmp_path)
 
 
-def build(name, root, shots=-1, seed=1, subsample="all"):
-    cfg = get_cfg_default()
-    cfg.DATASET.ROOT = root
-    cfg.DATASET.NAME = registry_name(name)
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
-    cfg.SEED = seed
-    random.seed(seed)  # train.py seeds Python's random before the dataset is built
-    return build_dataset(cfg)
+def build(name, root, **options):
+    """The dataset of folder ``name`` (its registry name looked up), as train.py builds it."""
+    return build_dataset_as_train(registry_name(name), root, **options)
 
 
 def per_label(items):

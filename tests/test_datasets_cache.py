@@ -1,4 +1,5 @@
 """Few-shot and ImageNet caches: portable, validated, rebuilt when stale, legacy files still read."""
+import functools
 import json
 import os
 import pickle
@@ -8,22 +9,13 @@ import shutil
 import pytest
 
 import datasets  # noqa: F401  (registers every dataset class)
-from dassl.config import get_cfg_default
-from dassl.data.datasets import build_dataset
 from dassl.data.datasets.base_dataset import Datum
 from datasets.cache import CACHE_FORMAT, OLD_FORMAT_SUFFIX, OLD_PICKLE_FORMAT
 from datasets.fake import make_fake_dataset
+from train_runs import build_dataset_as_train
 
 
-def build(name, root, shots=2, seed=1, subsample="all"):
-    cfg = get_cfg_default()
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = name
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
-    cfg.SEED = seed
-    random.seed(seed)
-    return build_dataset(cfg)
+build = functools.partial(build_dataset_as_train, shots=2)
 
 
 def rel(items, root):

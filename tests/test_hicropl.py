@@ -17,7 +17,7 @@ from datasets.descriptions import DescriptionsError
 from datasets.fake import make_fake_dataset
 from method_configs import descriptions_file
 from train_runs import (Killed, base2new_through_scripts, restore_streams,  # noqa: F401  (fixture)
-                        run_in_process, train_argv)
+                        checkpoint_numel, descriptions_fact, run_in_process, train_argv)
 from trainers.clip_prompting import tiny_clip, tokenize, vit_b16_shaped_clip
 from trainers.hicropl import HiCroPL, HiCroPLCLIP
 
@@ -288,9 +288,8 @@ def test_base2new_through_the_scripts(eurosat, tiny_clip_path, tmp_path):
                                                    "DATASET.DESCRIPTIONS", descriptions])
     assert run.parts[-3:] == ("HiCroPL", BASE2NEW, "seed1") and "text -> vision in layers 1-6" in log
     facts = json.loads((run / "run_facts.json").read_text())
-    assert facts["descriptions"]["source"] == descriptions and len(facts["descriptions"]["sha256"]) == 64
-    state = torch.load(run / "VLPromptLearner" / "model.pth.tar-1", weights_only=True)["state_dict"]
-    assert sum(v.numel() for v in state.values()) == facts["trainable_params"]
+    assert facts["descriptions"] == descriptions_fact(descriptions)
+    assert checkpoint_numel(run / "VLPromptLearner" / "model.pth.tar-1") == facts["trainable_params"]
     assert "(epoch = 1)" in test_log
 
 

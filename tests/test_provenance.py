@@ -3,7 +3,6 @@ and from their logs for older runs without one."""
 import json
 
 import pytest
-import torch
 
 import train
 from dassl.utils.logger import close_logger
@@ -11,6 +10,7 @@ from datasets.fake import make_fake_dataset
 from results.collect import collect_runs
 from results.provenance import provenance_markdown, provenance_rows, read_method_settings
 from results.run_facts import RunFactsError
+from train_runs import checkpoint_numel
 
 LOG = """***************
 ** Config **
@@ -87,11 +87,6 @@ def train_one_epoch(tmp_path, clip_path, trainer, config):
                 "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1"])
     close_logger()
     return out
-
-
-def checkpoint_numel(path):
-    """Elements of the saved trainable tensors: the model's trainable-parameter count."""
-    return sum(v.numel() for v in torch.load(path, weights_only=True)["state_dict"].values())
 
 
 def test_a_real_run_trained_with_an_override(tmp_path, tiny_clip_path):

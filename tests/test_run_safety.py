@@ -16,7 +16,8 @@ import train
 from dassl.utils import atomic_write_bytes
 from dassl.utils.errors import OutputWriteError
 from datasets.fake import make_fake_dataset
-from train_runs import error_of, exit_code, restore_streams, train_argv  # noqa: F401  (fixture)
+from train_runs import error_of, exit_code, restore_streams  # noqa: F401  (fixture)
+from train_runs import train_argv as argv  # CoOp on caltech101 unless told otherwise
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,10 +27,6 @@ def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     make_fake_dataset("caltech101", str(root), num_classes=4, images_per_class=6)
     return str(root)
-
-
-def argv(data_root, clip_path, out, trainer="CoOp", config="vit_b16_ep50_ctxv1", flags=(), opts=()):
-    return train_argv(data_root, clip_path, out, trainer, config, flags=flags, opts=opts)
 
 
 def zero_shot(data_root, clip_path, out, opts=()):

@@ -19,34 +19,15 @@ import torch
 import parse_test_res
 from dassl.utils.logger import Logger
 from dassl.utils.run_lock import OutputLock
-from datasets.fake import make_fake_dataset
-from train_runs import error_of, exit_code, restore_streams, train_argv  # noqa: F401  (fixture)
+from train_runs import error_of, exit_code, restore_streams  # noqa: F401  (fixture)
+from train_runs import train_argv as argv  # CoOp on caltech101 unless told otherwise
+from test_run_safety import data_root, trained  # noqa: F401  (fixtures: a small Caltech101, CoOp on it)
 
 SMALL = ("DATASET.NUM_SHOTS", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "2")  # 4 batches an epoch
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_fake_dataset("caltech101", str(root), num_classes=4, images_per_class=6)
-    return str(root)
-
-
-def argv(data_root, clip_path, out, trainer="CoOp", config="vit_b16_ep50_ctxv1", flags=(), opts=()):
-    return train_argv(data_root, clip_path, out, trainer, config, flags=flags, opts=opts)
-
-
 def eval_only(model_dir, epoch="2"):
     return ("--eval-only", "--model-dir", str(model_dir), "--load-epoch", epoch)
-
-
-@pytest.fixture(scope="module")
-def trained(data_root, tiny_clip_path, tmp_path_factory):
-    """CoOp, 2 epochs, both checkpoints kept."""
-    out = tmp_path_factory.mktemp("trained") / "coop"
-    assert exit_code(argv(data_root, tiny_clip_path, out, opts=(
-        "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1", "DATASET.NUM_SHOTS", "2"))) == 0
-    return out
 
 
 def stop_in_step(monkeypatch, signum, epoch=0, batch=1, workers_too=False):
@@ -301,6 +282,6 @@ def test_an_explicit_n_ctx_that_ctx_init_overrides_gets_one_note(small_clip, cap
     assert built.prompt_learner.ctx.shape == (4, built.text_encoder.width)  # as the original
     out = capsys.readouterr().out
     assert out.count(f"Note: TRAINER.{node}.N_CTX 2 is not used") == 1
-    assert f'CTX_INIT "a photo of a" has 4 tokens, so the context has 4 vectors' in out
+    assert 'CTX_INIT "a photo of a" has 4 tokens, so the context has 4 vectors' in out
     cls(trainers.build_cfg(node, N_CTX=default, CTX_INIT="a photo of a"), ["dog", "cat"], small_clip)
     assert "Note:" not in capsys.readouterr().out  # the node's default is no choice of the user's

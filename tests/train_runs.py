@@ -1,21 +1,28 @@
 """train.py driven by the tests: in-process (its command line, exit code and messages), or through a
 method's experiment scripts."""
 import glob
+import hashlib
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import datasets  # noqa: F401  (registers every dataset class)
 import train
+from dassl.config import get_cfg_default
+from dassl.data.datasets import build_dataset
 from dassl.utils.logger import close_logger
 
 FAST = ["DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "16"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def train_argv(data_root, clip_path, out, trainer, config, dataset="caltech101", flags=(), opts=()):
+def train_argv(data_root, clip_path, out, trainer="CoOp", config="vit_b16_ep50_ctxv1", dataset="caltech101",
+               flags=(), opts=()):
     """``train.py`` arguments: ``config`` is a name in configs/trainers/<trainer>/, ``flags`` are
     command-line flags, ``opts`` KEY VALUE overrides (after the tiny CLIP and FAST)."""
     config_dir = "ZeroshotCLIP" if trainer.startswith("ZeroshotCLIP") else trainer
@@ -23,6 +30,19 @@ def train_argv(data_root, clip_path, out, trainer, config, dataset="caltech101",
             "--dataset-config-file", f"configs/datasets/{dataset}.yaml",
             "--config-file", f"configs/trainers/{config_dir}/{config}.yaml",
             "--output-dir", str(out), *flags, "MODEL.BACKBONE.PATH", str(clip_path), *FAST, *opts]
+
+
+def build_dataset_as_train(name, root, shots=-1, seed=1, subsample="all"):
+    """The dataset train.py builds for DATASET.NAME ``name`` under ``root``, with Python's random
+    seeded first as train.py seeds it (the few-shot draw depends on it)."""
+    cfg = get_cfg_default()
+    cfg.DATASET.ROOT = str(root)
+    cfg.DATASET.NAME = name
+    cfg.DATASET.NUM_SHOTS = shots
+    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
+    cfg.SEED = seed
+    random.seed(seed)
+    return build_dataset(cfg)
 
 
 def exit_code(argv):
@@ -75,6 +95,17 @@ def base2new_through_scripts(folder, dataset, data_root, clip_path, out, opts=()
     assert "Finish training" in train_log and "* accuracy:" in train_log
     assert "SUBSAMPLE NEW CLASSES!" in test_log and "* accuracy:" in test_log
     return runs[0], train_log, test_log
+
+
+def checkpoint_numel(path):
+    """Elements of the trainable tensors a checkpoint saved: the model's trainable-parameter count."""
+    return sum(v.numel() for v in torch.load(path, weights_only=True)["state_dict"].values())
+
+
+def descriptions_fact(path):
+    """What run_facts.json records for a run with DATASET.DESCRIPTIONS ``path``."""
+    with open(path, "rb") as f:
+        return {"source": str(path), "sha256": hashlib.sha256(f.read()).hexdigest()}
 
 
 class Killed(Exception):
